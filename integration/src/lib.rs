@@ -1,0 +1,1 @@
+//! Shared helpers for ferry's end-to-end tests.

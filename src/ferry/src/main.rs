@@ -1,0 +1,5 @@
+//! ferry: a runc-compatible OCI runtime with its own checkpoint/restore engine.
+
+fn main() {
+    println!("ferry");
+}

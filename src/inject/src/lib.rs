@@ -1,0 +1,1 @@
+//! Parasite injection (placeholder).
