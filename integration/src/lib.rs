@@ -1,1 +1,41 @@
 //! Shared helpers for ferry's end-to-end tests.
+//!
+//! The tests drive the real `ferry` binary (built by `cargo build -p ferry` into the workspace
+//! target directory, or named by `FERRY_BIN`) against real processes and containers, as root.
+
+use std::path::PathBuf;
+
+/// The workspace root (parent of `integration/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the ferry binary under test: `$FERRY_BIN`, else `target/debug/ferry` of this workspace
+/// (or `$CARGO_TARGET_DIR/debug/ferry`).
+pub fn ferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("debug").join("ferry");
+    assert!(
+        bin.exists(),
+        "ferry binary not found at {}: run `cargo build -p ferry` first or set FERRY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The shared CRIU 4.2 fixtures (`../shared/fixtures/criu-4.2` beside the checkout), or
+/// `$FERRY_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_FIXTURES") {
+        return PathBuf::from(p);
+    }
+    workspace_root().join("../shared/fixtures/criu-4.2")
+}
