@@ -1,0 +1,4 @@
+//! Credentials, capabilities, securebits, personality, rlimits.
+
+pub mod dump;
+pub mod restore;

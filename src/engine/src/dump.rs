@@ -1,0 +1,1 @@
+//! The dump pipeline: orders the stages, undoes them on error.

@@ -1,0 +1,4 @@
+//! cwd, root and umask (fs-PID.img).
+
+pub mod dump;
+pub mod restore;

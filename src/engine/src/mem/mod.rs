@@ -1,0 +1,4 @@
+//! Address space: VMAs (mm-PID.img), present pages (pagemap-PID.img + pages-N.img); dump drains through the parasite, restore refills in the restorer.
+
+pub mod dump;
+pub mod restore;

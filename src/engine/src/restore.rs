@@ -1,0 +1,1 @@
+//! The restore pipeline: orders the stages, kills what it forked on error.

@@ -1,0 +1,4 @@
+//! itimers and POSIX timers (core.tc.timers).
+
+pub mod dump;
+pub mod restore;
