@@ -58,9 +58,14 @@ lint:
 bench: build
 	integration/bench.sh
 
-# Placeholder until the images crate names its fuzz command (issue 3).
+# Deep fuzzing of the image reader with cargo-fuzz (nightly toolchain), seeded with the CRIU 4.2
+# fixtures, for FUZZ_SECS seconds. The bounded stable-Rust fuzz test runs in `make test` already.
+FUZZ_SECS ?= 300
 fuzz:
-	$(CARGO) test -p ferry-images fuzz
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	mkdir -p src/images/fuzz/corpus/decode
+	cp ../shared/fixtures/criu-4.2/*/images/*.img src/images/fuzz/corpus/decode/
+	cd src/images && $(CARGO) +nightly fuzz run decode -- -max_total_time=$(FUZZ_SECS)
 
 clean:
 	$(CARGO) clean

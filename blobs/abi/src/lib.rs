@@ -15,6 +15,8 @@
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicU32;
 
+pub mod restorer;
+
 /// `Control::magic`: "FRYP" little-endian.
 pub const PARASITE_MAGIC: u32 = u32::from_le_bytes(*b"FRYP");
 /// Bumped on any incompatible change of this crate's types.

@@ -7,8 +7,15 @@
 
 pub mod criu;
 pub mod dump;
+pub mod dump_log;
+pub mod dump_task;
 pub mod freeze;
 pub mod restore;
+pub mod restore_finish;
+pub mod restore_task;
+pub mod restore_verify;
+pub mod restorer;
+pub mod stage;
 
 pub mod creds;
 pub mod files;
@@ -16,5 +23,13 @@ pub mod fs;
 pub mod mem;
 pub mod pstree;
 pub mod regs;
+pub mod seccomp;
 pub mod sigact;
 pub mod timers;
+
+// Container-level resources (issue 7).
+pub mod ipc;
+pub mod uts;
+pub mod mounts;
+pub mod cgroups;
+pub mod net;

@@ -1,1 +1,797 @@
 //! The restore pipeline: orders the stages, kills what it forked on error.
+//!
+//! 1. read images (pstree, core, mm/pagemap, fs, ids, fdinfo, files) and check everything that
+//!    can be checked before a task exists: pids free, files unchanged, vDSO compatible, creds;
+//! 2. open every shared resource once (files, pipes with their data, memfds, shared memory);
+//! 3. reserve the restore range (free in ferry's layout and in every task's target layout) and
+//!    map the shared stage area at its start;
+//! 4. fork the root with its pid; each task forks its children (restore_task), prepares itself
+//!    and jumps into the restorer; the coordinator polls the stage slots with a deadline;
+//! 5. when every thread waits before rt_sigreturn: release and unmap the restorer under ptrace
+//!    (restore_finish), detach.
+//!
+//! Any error at any stage kills every task forked so far (SIGKILL by pid; ferry is a child
+//! subreaper during the restore, so it reaps them all) and names the task and the stage.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_blob_abi::restorer::Range;
+use ferry_images::{pb, ImageDir};
+use thiserror::Error;
+
+use crate::files::restore::{Needs, Opened};
+use crate::mem::restore::{self as mem, CurrentVdso, MapFds, MemImage};
+use crate::pstree::restore::{self as pst, state};
+use crate::restore_verify::Verifier;
+use crate::stage::{Ctl, Stage};
+use crate::{creds, files, fs, restore_finish as fin, restorer};
+
+/// Stack of each restorer thread.
+pub const STACK_SIZE: u64 = 64 << 10;
+
+/// Errors of a restore, naming the stage and the task.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// A coordinator stage failed.
+    #[error("restore failed at stage '{stage}': {source}")]
+    Stage {
+        /// Stage.
+        stage: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A task failed.
+    #[error("restore failed: task {pid} at stage '{stage}': {msg}")]
+    Task {
+        /// Task.
+        pid: u32,
+        /// Stage.
+        stage: &'static str,
+        /// What happened.
+        msg: String,
+    },
+    /// A task did not get on in time.
+    #[error("restore failed: task {pid} stuck at stage '{stage}' for {limit:?}")]
+    Timeout {
+        /// Task.
+        pid: u32,
+        /// Stage.
+        stage: &'static str,
+        /// Deadline.
+        limit: Duration,
+    },
+}
+
+fn stage_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    stage: &'static str,
+) -> impl FnOnce(E) -> RestoreError {
+    move |e| RestoreError::Stage {
+        stage,
+        source: e.into(),
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Image directory.
+    pub images: PathBuf,
+    /// Leave the tree running and return (otherwise wait for the root to exit).
+    pub detached: bool,
+    /// Restore tty fds onto the caller's terminal; allow a session from outside the tree.
+    pub shell_job: bool,
+    /// Deadline for every task to reach the restorer.
+    pub timeout: Duration,
+    /// How long to wait for a pid held by a zombie.
+    pub pid_wait: Duration,
+}
+
+impl Options {
+    /// Defaults for a directory.
+    pub fn new(images: impl Into<PathBuf>) -> Self {
+        Self {
+            images: images.into(),
+            detached: true,
+            shell_job: false,
+            timeout: Duration::from_secs(30),
+            pid_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Root pid.
+    pub root: u32,
+    /// Every pid of the tree.
+    pub pids: Vec<u32>,
+    /// Pages read from page files.
+    pub pages: u64,
+    /// Time to fork and prepare every task.
+    pub forking: Duration,
+    /// Time from start to the tree running.
+    pub total: Duration,
+    /// Exit status of the root (not detached).
+    pub exit: Option<i32>,
+}
+
+/// One task of the plan.
+#[derive(Debug)]
+pub struct TaskPlan {
+    /// Its pstree entry.
+    pub entry: pb::PstreeEntry,
+    /// Alive (or stopped) rather than a zombie.
+    pub alive: bool,
+    /// `tc.task_state`.
+    pub state: u32,
+    /// Zombie exit status.
+    pub exit_code: u32,
+    /// (tid, core) per thread, main first.
+    pub cores: Vec<(u32, pb::CoreEntry)>,
+    /// Memory image.
+    pub mem: Option<MemImage>,
+    /// fs image.
+    pub fs: Option<pb::FsEntry>,
+    /// fds.
+    pub fds: Vec<pb::FdinfoEntry>,
+    /// Capability sets for the restorer's capset.
+    pub caps: Option<[u32; 6]>,
+    /// Child task indices.
+    pub children: Vec<usize>,
+    /// Bytes of argument arena.
+    pub arena_size: u64,
+}
+
+/// Everything the tasks need, built by the coordinator before forking.
+#[derive(Debug)]
+pub struct Plan {
+    /// Tasks, parents before children.
+    pub tasks: Vec<TaskPlan>,
+    /// files.img.
+    pub files: BTreeMap<u32, pb::FileEntry>,
+    /// Opened shared resources.
+    pub opened: Opened,
+    /// The restore range.
+    pub range: Range,
+    /// Shared stage area at the range's start.
+    pub ctl: Ctl,
+    /// ferry's own vDSO/vvar.
+    pub vdso: CurrentVdso,
+    /// --shell-job.
+    pub shell_job: bool,
+    /// The manifest check running beside the restore.
+    pub verifier: Verifier,
+}
+
+impl Plan {
+    /// Start of every task's private part (blob first).
+    pub fn priv_base(&self) -> u64 {
+        self.range.start + Ctl::size_for(self.tasks.len()) as u64
+    }
+
+    /// Raw fds for mappings.
+    pub fn map_fds(&self) -> MapFds {
+        use std::os::fd::AsRawFd;
+        MapFds {
+            by_file: self
+                .opened
+                .maps
+                .iter()
+                .map(|(&k, v)| (u64::from(k), v.as_raw_fd()))
+                .collect(),
+            by_shmid: self
+                .opened
+                .shmem
+                .iter()
+                .map(|(&k, v)| (k, v.as_raw_fd()))
+                .collect(),
+        }
+    }
+}
+
+fn priv_size(vdso: &CurrentVdso, t: &TaskPlan) -> u64 {
+    restorer::blob_len() as u64
+        + t.arena_size
+        + t.cores.len() as u64 * STACK_SIZE
+        + vdso.park_len().next_multiple_of(mem::PAGE)
+        + t.mem.as_ref().map_or(0, |m| m.staging_size())
+}
+
+/// The restore log (restore.log): one line per stage with its time.
+#[derive(Debug)]
+pub struct Log {
+    out: Option<std::fs::File>,
+    start: Instant,
+    level: u8,
+}
+
+impl Log {
+    /// A log into `path` (None: no file) at verbosity `level` (0..4).
+    pub fn new(path: Option<&Path>, level: u8) -> std::io::Result<Self> {
+        let out = path.map(std::fs::File::create).transpose()?;
+        Ok(Self {
+            out,
+            start: Instant::now(),
+            level,
+        })
+    }
+
+    /// Writes a line at `level` or below.
+    pub fn line(&mut self, level: u8, msg: &str) {
+        if level > self.level {
+            return;
+        }
+        let t = self.start.elapsed();
+        if let Some(f) = &mut self.out {
+            let _ = writeln!(f, "({:3}.{:06}) {msg}", t.as_secs(), t.subsec_micros());
+        }
+    }
+
+    /// Logs the end of a stage with its duration.
+    pub fn stage(&mut self, name: &str, since: Instant) {
+        let d = since.elapsed();
+        self.line(
+            1,
+            &format!("stage {name}: done in {:.3} ms", d.as_secs_f64() * 1e3),
+        );
+    }
+}
+
+fn read_tasks(dir: &ImageDir) -> Result<Vec<TaskPlan>, RestoreError> {
+    let e = stage_err("read images");
+    if !dir.has("inventory.img") {
+        return Err(e(format!(
+            "{}: no inventory.img (not an image directory)",
+            dir.path().display()
+        )));
+    }
+    let _: pb::InventoryEntry = dir
+        .read_one("inventory.img")
+        .map_err(stage_err("read images"))?;
+    let entries: Vec<pb::PstreeEntry> = dir
+        .read_entries("pstree.img")
+        .map_err(stage_err("read images"))?;
+    let kids = pst::children(&entries).map_err(stage_err("read images"))?;
+    if entries[0].pid == 1 {
+        return Err(RestoreError::Task {
+            pid: 1,
+            stage: "read images",
+            msg: "the tree was the init of its own pid namespace; restoring namespaces is not supported by this restore yet (containers restore through `ferry restore`)".into(),
+        });
+    }
+    let mut tasks = Vec::new();
+    for (entry, children) in entries.into_iter().zip(kids) {
+        let pid = entry.pid;
+        let mut cores = Vec::new();
+        for &tid in &entry.threads {
+            let c: pb::CoreEntry = dir
+                .read_one(&format!("core-{tid}.img"))
+                .map_err(stage_err("read images"))?;
+            if c.mtype != pb::core_entry::March::X8664 as i32 {
+                return Err(stage_err("read images")(format!(
+                    "core-{tid}.img: architecture {} is not x86_64",
+                    c.mtype
+                )));
+            }
+            cores.push((tid, c));
+        }
+        if cores.first().map(|c| c.0) != Some(pid) {
+            return Err(stage_err("read images")(format!(
+                "pstree.img: task {pid}: its first thread must be the task itself"
+            )));
+        }
+        let tc =
+            cores[0].1.tc.clone().ok_or_else(|| {
+                stage_err("read images")(format!("core-{pid}.img has no task core"))
+            })?;
+        let st = tc.task_state;
+        let alive = match st {
+            state::ALIVE | state::STOPPED => true,
+            state::DEAD => false,
+            other => {
+                return Err(RestoreError::Task {
+                    pid,
+                    stage: "read images",
+                    msg: format!("task state {other} is not supported by ferry's restore yet"),
+                })
+            }
+        };
+        let (mut memi, mut fsi, mut fds) = (None, None, Vec::new());
+        if alive {
+            memi = Some(mem::load(dir, pid).map_err(stage_err("read images"))?);
+            fsi = Some(
+                dir.read_one::<pb::FsEntry>(&format!("fs-{pid}.img"))
+                    .map_err(stage_err("read images"))?,
+            );
+            let ids: pb::TaskKobjIdsEntry = match cores[0].1.ids {
+                Some(ids) => ids,
+                None => dir
+                    .read_one(&format!("ids-{pid}.img"))
+                    .map_err(stage_err("read images"))?,
+            };
+            let name = format!("fdinfo-{}.img", ids.files_id);
+            if dir.has(&name) {
+                fds = dir.read_entries(&name).map_err(stage_err("read images"))?;
+            }
+        }
+        let nvmas = memi.as_ref().map_or(0, |m| m.mm.vmas.len() as u64);
+        let arena_size = ((256u64 << 10) + cores.len() as u64 * (16 << 10) + nvmas * 256)
+            .next_multiple_of(mem::PAGE);
+        tasks.push(TaskPlan {
+            entry,
+            alive,
+            state: st,
+            exit_code: tc.exit_code,
+            cores,
+            mem: memi,
+            fs: fsi,
+            fds,
+            caps: None,
+            children,
+            arena_size,
+        });
+    }
+    Ok(tasks)
+}
+
+/// Checks pids, vDSO, fs and creds; collects what must be opened.
+fn check(
+    tasks: &mut [TaskPlan],
+    files: &BTreeMap<u32, pb::FileEntry>,
+    vdso: &CurrentVdso,
+    opts: &Options,
+) -> Result<Needs, RestoreError> {
+    let mut needs = Needs::default();
+    for t in tasks.iter_mut() {
+        let pid = t.entry.pid;
+        let task_err = |msg: String| RestoreError::Task {
+            pid,
+            stage: "check",
+            msg,
+        };
+        for &id in &t.entry.threads {
+            pst::wait_free(id, opts.pid_wait).map_err(|e| task_err(e.to_string()))?;
+        }
+        if !t.alive {
+            continue;
+        }
+        let m = t
+            .mem
+            .as_ref()
+            .ok_or_else(|| task_err("no memory image".into()))?;
+        vdso.check(m).map_err(|e| task_err(e.to_string()))?;
+        if let Some(f) = &t.fs {
+            fs::restore::check(pid, f, files).map_err(|e| task_err(e.to_string()))?;
+        }
+        if let Some(c) = t.cores[0]
+            .1
+            .thread_core
+            .as_ref()
+            .and_then(|c| c.creds.as_ref())
+        {
+            t.caps = creds::restore::check(pid, c).map_err(|e| task_err(e.to_string()))?;
+        }
+        for (tid, c) in &t.cores {
+            if c.thread_core
+                .as_ref()
+                .and_then(|c| c.seccomp_mode)
+                .unwrap_or(0)
+                != 0
+            {
+                return Err(task_err(format!(
+                    "thread {tid}: a seccomp filter is not supported by ferry's restore yet"
+                )));
+            }
+        }
+        for (tid, c) in &t.cores[1..] {
+            if c.thread_core.as_ref().and_then(|c| c.creds.as_ref())
+                != t.cores[0]
+                    .1
+                    .thread_core
+                    .as_ref()
+                    .and_then(|c| c.creds.as_ref())
+            {
+                return Err(task_err(format!("thread {tid} has other credentials than its task, which is not supported by ferry's restore yet")));
+            }
+        }
+        needs.maps.insert(m.mm.exe_file_id, libc::O_RDONLY);
+        for v in &m.mm.vmas {
+            if v.status & (mem::status::FILE_PRIVATE | mem::status::FILE_SHARED) != 0 {
+                let shared_w =
+                    v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
+                let fl = if shared_w {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let e = needs.maps.entry(v.shmid as u32).or_insert(fl);
+                if fl == libc::O_RDWR {
+                    *e = fl;
+                }
+            } else if v.status & mem::status::ANON_SHARED != 0 {
+                let s = needs.shmem.entry(v.shmid).or_insert(0);
+                *s = (*s).max(v.pgoff + v.end - v.start);
+            }
+        }
+        for fi in &t.fds {
+            needs.fds.push((pid, fi.clone()));
+        }
+    }
+    Ok(needs)
+}
+
+/// Finds `len` bytes free in ferry's layout and in every target layout, highest first.
+fn choose_range(tasks: &[TaskPlan], len: u64) -> Option<u64> {
+    let mut used: Vec<(u64, u64)> = Vec::new();
+    for t in tasks {
+        if let Some(m) = &t.mem {
+            used.extend(m.ranges());
+        }
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        for l in maps.lines() {
+            let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((a, b)) = r {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    used.push((a, b));
+                }
+            }
+        }
+    }
+    used.push((mem::TASK_SIZE - (1 << 30), u64::MAX));
+    used.push((0, 1 << 32));
+    used.sort();
+    let align: u64 = 2 << 20;
+    let mut best = None;
+    let mut prev_end: u64 = 0;
+    let limit = mem::TASK_SIZE - (1 << 30);
+    for (a, b) in used {
+        if prev_end >= limit {
+            break;
+        }
+        let a = a.min(limit);
+        // one guard page either side, so nothing merges with the range
+        let lo = prev_end
+            .saturating_add(4096)
+            .min(mem::TASK_SIZE)
+            .next_multiple_of(align);
+        if a > 4096 && a - 4096 >= lo && (a - 4096 - lo) >= len {
+            best = Some(((a - 4096 - len) / align) * align);
+        }
+        prev_end = prev_end.max(b);
+    }
+    best
+}
+
+fn reserve(at: u64, len: u64) -> Result<(), RestoreError> {
+    // SAFETY: a fresh PROT_NONE reservation at an address checked free; MAP_FIXED_NOREPLACE
+    // refuses to replace anything that appeared meanwhile.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as u64 != at {
+        return Err(stage_err("reserve restore range")(format!(
+            "mmap of {len} bytes at {at:#x}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the plan: images read and checked, shared resources opened, range reserved.
+pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
+    let t = Instant::now();
+    // Absolute: every task changes its cwd before it reads its pages.
+    let abs = std::path::absolute(&opts.images).map_err(stage_err("read images"))?;
+    let dir = ImageDir::open(&abs).map_err(stage_err("read images"))?;
+    let mut tasks = read_tasks(&dir)?;
+    let files = files::restore::load_files(&dir).map_err(stage_err("read images"))?;
+    log.stage("read images", t);
+    let t = Instant::now();
+    let vdso = CurrentVdso::read().map_err(stage_err("check"))?;
+    let needs = check(&mut tasks, &files, &vdso, opts)?;
+    log.stage("check", t);
+    let t = Instant::now();
+    let max_fd = needs
+        .fds
+        .iter()
+        .map(|(_, f)| f.fd as i32)
+        .max()
+        .unwrap_or(2);
+    let opened =
+        files::restore::prepare(&dir, &files, &needs, opts.shell_job, (max_fd + 1).max(16))
+            .map_err(stage_err("open files"))?;
+    log.stage("open files", t);
+    let priv_max = tasks.iter().map(|t| priv_size(&vdso, t)).max().unwrap_or(0);
+    let len = Ctl::size_for(tasks.len()) as u64 + priv_max;
+    let at = choose_range(&tasks, len).ok_or_else(|| {
+        stage_err("reserve restore range")(format!("no free range of {len} bytes in both layouts"))
+    })?;
+    reserve(at, len)?;
+    let ctl = Ctl::map(at, tasks.len()).map_err(stage_err("reserve restore range"))?;
+    // Checksumming every file (the pages above all) overlaps with forking and filling memory;
+    // its verdict is awaited before any task is released into its own code.
+    let verifier = Verifier::spawn(dir.path())?;
+    log.line(2, &format!("restore range {at:#x}-{:#x}", at + len));
+    Ok(Plan {
+        tasks,
+        files,
+        opened,
+        range: Range { start: at, len },
+        ctl,
+        vdso,
+        shell_job: opts.shell_job,
+        verifier,
+    })
+}
+
+/// Runs a whole restore: plan, fork, wait, finish. On any error every forked task is killed.
+pub fn restore(opts: &Options, log: &mut Log) -> Result<Outcome, RestoreError> {
+    let start = Instant::now();
+    let plan = plan(opts, log)?;
+    // Orphans of a failed restore come to us, so we can reap every one of them.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let r = run(&plan, opts, log, start);
+    if r.is_err() {
+        abort(&plan, log);
+    }
+    r
+}
+
+fn run(
+    plan: &Plan,
+    opts: &Options,
+    log: &mut Log,
+    start: Instant,
+) -> Result<Outcome, RestoreError> {
+    let t = Instant::now();
+    let root = &plan.tasks[0];
+    let rp = root.entry.pid;
+    let got = pst::fork_with_pid(rp, opts.pid_wait).map_err(|e| RestoreError::Task {
+        pid: rp,
+        stage: "fork",
+        msg: e.to_string(),
+    })?;
+    if got == 0 {
+        crate::restore_task::run(plan, 0);
+    }
+    plan.ctl.slot(0).pid.store(got, Ordering::Release);
+    wait_ready(plan, opts.timeout)?;
+    let forking = t.elapsed();
+    log.stage(
+        "fork and prepare (every thread waits before rt_sigreturn)",
+        t,
+    );
+    let t = Instant::now();
+    plan.verifier.verdict()?;
+    log.stage("manifest check", t);
+    let t = Instant::now();
+    finish(plan, opts.timeout)?;
+    log.stage("sigreturn and restorer unmap", t);
+    let pids: Vec<u32> = plan.tasks.iter().map(|t| t.entry.pid).collect();
+    for t in plan.tasks.iter().filter(|t| t.alive) {
+        fin::apply_sched(t, log);
+    }
+    for t in &plan.tasks {
+        if t.state == state::STOPPED {
+            // SAFETY: kill by pid of a task we just restored.
+            unsafe { libc::kill(t.entry.pid as i32, libc::SIGSTOP) };
+        }
+    }
+    let pages = plan
+        .tasks
+        .iter()
+        .filter_map(|t| t.mem.as_ref())
+        .map(|m| m.runs.iter().map(|r| r.nr_pages).sum::<u64>())
+        .sum();
+    log.line(
+        1,
+        &format!("restored tree of {} task(s), root {rp}", pids.len()),
+    );
+    Ok(Outcome {
+        root: rp,
+        pids,
+        pages,
+        forking,
+        total: start.elapsed(),
+        exit: None,
+    })
+}
+
+/// Polls the stage slots until every thread of every live task waits before rt_sigreturn.
+fn wait_ready(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for (i, t) in plan.tasks.iter().enumerate() {
+            let s = plan.ctl.slot(i);
+            let st = s.stage.load(Ordering::Acquire);
+            if let Some(msg) = plan.ctl.message(i) {
+                return Err(RestoreError::Task {
+                    pid: t.entry.pid,
+                    stage: Stage::name(st),
+                    msg,
+                });
+            }
+            if t.alive && (s.ready.load(Ordering::Acquire) as usize) < t.cores.len() {
+                all = false;
+                let pid = s.pid.load(Ordering::Acquire);
+                if pid != 0 && gone_or_zombie(pid) {
+                    // Give a dying task's last message a moment to land.
+                    std::thread::sleep(Duration::from_millis(20));
+                    let msg = plan.ctl.message(i).unwrap_or_else(|| {
+                        "the task died (a fault in its Rust half or in the restorer)".into()
+                    });
+                    return Err(RestoreError::Task {
+                        pid: t.entry.pid,
+                        stage: Stage::name(s.stage.load(Ordering::Acquire)),
+                        msg,
+                    });
+                }
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            let (i, t) = plan
+                .tasks
+                .iter()
+                .enumerate()
+                .find(|(i, t)| {
+                    t.alive
+                        && (plan.ctl.slot(*i).ready.load(Ordering::Acquire) as usize)
+                            < t.cores.len()
+                })
+                .unwrap_or((0, &plan.tasks[0]));
+            return Err(RestoreError::Timeout {
+                pid: t.entry.pid,
+                stage: Stage::name(plan.ctl.slot(i).stage.load(Ordering::Acquire)),
+                limit,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn gone_or_zombie(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].trim_start().chars().next())
+            .is_some_and(|c| c == 'Z' || c == 'X'),
+    }
+}
+
+fn finish(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
+    let ferr = |pid: u32| {
+        move |e: fin::FinishError| RestoreError::Task {
+            pid,
+            stage: "sigreturn",
+            msg: e.to_string(),
+        }
+    };
+    let live: Vec<(usize, &TaskPlan)> = plan
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.alive)
+        .collect();
+    for (_, t) in &live {
+        for (tid, _) in &t.cores {
+            fin::seize(*tid).map_err(ferr(t.entry.pid))?;
+        }
+    }
+    let insn = plan.priv_base() + restorer::RESTORER_SYSCALL_OFFSET as u64;
+    for (i, t) in &live {
+        let pid = t.entry.pid;
+        plan.ctl.release(*i);
+        let mut held = Vec::new();
+        for (tid, _) in &t.cores {
+            let h = fin::to_sigreturn_exit(*tid, limit).map_err(ferr(pid))?;
+            held.push((*tid, h));
+        }
+        let h =
+            fin::unmap_restorer(pid, insn, plan.range.start, plan.range.len).map_err(ferr(pid))?;
+        held[0].1.extend(h);
+        for (tid, sigs) in held {
+            fin::detach(tid, sigs.first().copied().unwrap_or(0)).map_err(ferr(pid))?;
+            for &s in sigs.iter().skip(1) {
+                // SAFETY: tgkill to a thread of a task we restored.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid as i64, tid as i64, s as i64) };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills every task forked so far and reaps them; the first error stays the one reported.
+fn abort(plan: &Plan, log: &mut Log) {
+    // Only pids this restore recorded itself: the root's (set after its fork) and each task's
+    // (set by its parent after the fork and by the task on start). A pid merely present in
+    // /proc may belong to someone else.
+    let pids: Vec<u32> = (0..plan.tasks.len())
+        .map(|i| plan.ctl.slot(i).pid.load(Ordering::Acquire))
+        .filter(|&p| p != 0)
+        .collect();
+    plan.verifier.kill();
+    for &p in &pids {
+        // SAFETY: SIGKILL by pid to a task this restore forked (recorded in its slot).
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    // Anything else of the tree (a task killed before it recorded itself, orphans of killed
+    // parents) is, or becomes, our child: we are a subreaper. Kill and reap until none is left.
+    let me = std::process::id();
+    let start = Instant::now();
+    loop {
+        for tid in std::fs::read_dir(format!("/proc/{me}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(tid.path().join("children")).unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                // SAFETY: SIGKILL to our own child: a task of this restore, its orphan, or the
+                // manifest checker.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+        let mut st = 0;
+        // SAFETY: reaps any child (we are a subreaper, so orphans come to us).
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::__WALL | libc::WNOHANG) };
+        if r < 0 {
+            break; // ECHILD: nothing left
+        }
+        if r == 0 {
+            if start.elapsed() > Duration::from_secs(5) {
+                log.line(
+                    0,
+                    "Warning: tasks of the failed restore are still unreaped after 5 s",
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    log.line(0, &format!("restore aborted; killed {pids:?}"));
+}
+
+/// Writes stats-restore (CRIU's format) into the image directory.
+pub fn write_stats(dir: &Path, o: &Outcome) -> Result<(), RestoreError> {
+    let d = ImageDir::open(dir).map_err(stage_err("write stats"))?;
+    let e = pb::StatsEntry {
+        dump: None,
+        restore: Some(pb::RestoreStatsEntry {
+            pages_compared: 0,
+            pages_skipped_cow: 0,
+            forking_time: o.forking.as_micros() as u32,
+            restore_time: o.total.as_micros() as u32,
+            pages_restored: Some(o.pages),
+        }),
+    };
+    d.write_entries("stats-restore", &[e])
+        .map_err(stage_err("write stats"))
+}
+
+#[cfg(test)]
+mod tests;

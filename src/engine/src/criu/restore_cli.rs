@@ -1,10 +1,123 @@
-//! `criu restore`.
+//! `criu restore`: CRIU's own command line for ferry's restore engine.
+//!
+//! `criu restore -D DIR [-d|--restore-detached] [--pidfile F] [--shell-job] [-W DIR]
+//! [-o LOG] [-v0..4]`. The log and stats-restore go to the work directory (default: the image
+//! directory), as CRIU does; `--pidfile` gets the root's pid. Without `-d` ferry waits for the
+//! restored root and exits with its status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::restore::{self, Log, Options};
 
 /// Arguments of `criu restore`.
 #[derive(Debug, clap::Args)]
-pub struct RestoreArgs {}
+pub struct RestoreArgs {
+    /// Directory holding the images.
+    #[arg(short = 'D', long = "images-dir")]
+    pub images_dir: PathBuf,
+    /// Detach from the restored tree once it runs.
+    #[arg(short = 'd', long = "restore-detached")]
+    pub detached: bool,
+    /// Write the root task's pid here.
+    #[arg(long = "pidfile")]
+    pub pidfile: Option<PathBuf>,
+    /// The tree was a shell job: restore its terminal onto ours, keep its outside session.
+    #[arg(short = 'j', long = "shell-job")]
+    pub shell_job: bool,
+    /// Directory for the log and stats (default: the image directory).
+    #[arg(short = 'W', long = "work-dir")]
+    pub work_dir: Option<PathBuf>,
+    /// Log file, relative to the work directory.
+    #[arg(short = 'o', long = "log-file")]
+    pub log_file: Option<PathBuf>,
+    /// Verbosity 0..4 (`-v4`; `-v` alone is 2).
+    #[arg(short = 'v', num_args = 0..=1, default_missing_value = "2")]
+    pub verbosity: Option<u8>,
+    /// Seconds to wait for every task to reach the restorer.
+    #[arg(long = "timeout", default_value_t = 30)]
+    pub timeout: u64,
+    /// Not supported by ferry's restore yet (TCP repair).
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Not supported by ferry's restore yet (external unix sockets).
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// Not supported by ferry's restore yet (file locks).
+    #[arg(short = 'l', long = "file-locks")]
+    pub file_locks: bool,
+}
 
 /// Runs `criu restore`; returns the exit code.
-pub fn run(_args: &RestoreArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("criu restore: not implemented yet")
+pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
+    for (set, flag) in [
+        (args.tcp_established, "--tcp-established"),
+        (args.ext_unix_sk, "--ext-unix-sk"),
+        (args.file_locks, "--file-locks"),
+    ] {
+        if set {
+            bail!("criu restore: {flag} is not supported by ferry's restore yet");
+        }
+    }
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.images_dir.clone());
+    let log_path = args.log_file.as_ref().map(|p| work.join(p));
+    let mut log = Log::new(log_path.as_deref(), args.verbosity.unwrap_or(2).min(4))
+        .with_context(|| format!("cannot create the log in {}", work.display()))?;
+    log.line(
+        1,
+        &format!("ferry restore from {}", args.images_dir.display()),
+    );
+    let mut opts = Options::new(&args.images_dir);
+    opts.detached = args.detached;
+    opts.shell_job = args.shell_job;
+    opts.timeout = Duration::from_secs(args.timeout.max(1));
+    let out = match restore::restore(&opts, &mut log) {
+        Ok(o) => o,
+        Err(e) => {
+            log.line(0, &format!("Error: {e}"));
+            // Every message already carries its causes; flatten so they print once.
+            bail!("{e}");
+        }
+    };
+    log.line(
+        1,
+        &format!(
+            "restore finished in {:.3} ms ({} pages)",
+            out.total.as_secs_f64() * 1e3,
+            out.pages
+        ),
+    );
+    if let Err(e) = restore::write_stats(&work, &out) {
+        log.line(0, &format!("Warning: {e}"));
+    }
+    if let Some(p) = &args.pidfile {
+        // Written whole or not at all: callers poll for it.
+        let tmp = p.with_extension("ferry-tmp");
+        std::fs::write(&tmp, format!("{}", out.root))
+            .and_then(|()| std::fs::rename(&tmp, p))
+            .with_context(|| format!("cannot write pidfile {}", p.display()))?;
+    }
+    if args.detached {
+        return Ok(0);
+    }
+    let mut st = 0;
+    // SAFETY: waits for the restored root, our own child.
+    let r = unsafe { libc::waitpid(out.root as i32, &mut st, 0) };
+    if r < 0 {
+        bail!(
+            "waiting for restored task {}: {}",
+            out.root,
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    })
 }

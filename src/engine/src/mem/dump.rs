@@ -1,1 +1,482 @@
-//! Dump half.
+//! Dump half, address space: every VMA of /proc/PID/smaps classified as CRIU classifies it.
+//!
+//! Kernel mechanism: /proc/PID/smaps lists each VMA with its protection, sharing, file offset,
+//! device/inode, name and `VmFlags` (two-letter kernel vm_flags: `gd` grows-down, `dd`
+//! dont-dump, `nh` no-hugepage, ...). For file-backed and shared-anonymous VMAs
+//! /proc/PID/map_files/START-END is a link to the very file mapped (also when its path was
+//! replaced), so stat through it gives the inode, mode and size CRIU records. [vvar] and
+//! [vvar_vclock] are one kernel-provided block (CRIU 4.2 writes them as one VVAR VMA); [vdso] is
+//! dumped with its pages so restore can compare it with the running kernel's.
+
+use std::os::unix::fs::MetadataExt;
+
+use ferry_images::pb;
+
+/// Errors of the VMA dump.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// A /proc file could not be read.
+    #[error("task {pid}: reading {path}: {source}")]
+    Proc {
+        pid: i32,
+        path: String,
+        source: std::io::Error,
+    },
+    /// A smaps line did not parse.
+    #[error("task {pid}: /proc/{pid}/smaps: cannot parse {line:?}")]
+    Parse { pid: i32, line: String },
+    /// A VMA kind ferry cannot dump yet.
+    #[error("task {pid}: VMA {start:#x}-{end:#x} ({name}): unsupported mapping: {what}")]
+    Unsupported {
+        pid: i32,
+        start: u64,
+        end: u64,
+        name: String,
+        what: &'static str,
+    },
+}
+
+type Result<T> = std::result::Result<T, MemError>;
+
+/// CRIU's VMA status bits (criu/include/image.h).
+pub mod status {
+    pub const REGULAR: u32 = 1 << 0;
+    pub const STACK: u32 = 1 << 1;
+    pub const VSYSCALL: u32 = 1 << 2;
+    pub const VDSO: u32 = 1 << 3;
+    pub const HEAP: u32 = 1 << 5;
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    pub const FILE_SHARED: u32 = 1 << 7;
+    pub const ANON_SHARED: u32 = 1 << 8;
+    pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const VVAR: u32 = 1 << 12;
+}
+
+/// How a VMA's contents reach the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// Nothing to dump (file-shared, vvar, vsyscall).
+    None,
+    /// Present private pages, through the parasite (or /proc/PID/mem when not readable).
+    Private {
+        /// Pages may be restored lazily (anonymous private, not vDSO).
+        lazy: bool,
+        /// Skip pages still backed by the file (not yet copied-on-write).
+        file: bool,
+    },
+    /// Shared anonymous memory (shmem object `ino`), dumped once per object.
+    Shmem {
+        /// The shmem inode (CRIU's shmid).
+        ino: u64,
+    },
+}
+
+/// The file behind a VMA, as map_files shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    /// Path (from maps).
+    pub path: String,
+    /// st_dev.
+    pub dev: u64,
+    /// st_ino.
+    pub ino: u64,
+    /// st_mode.
+    pub mode: u32,
+    /// st_size.
+    pub size: u64,
+}
+
+/// One VMA ready for mm-PID.img, plus what dump needs beyond the entry.
+#[derive(Debug, Clone)]
+pub struct Vma {
+    /// The image entry; `shmid` of file VMAs is filled in once the file has an id.
+    pub entry: pb::VmaEntry,
+    /// Where the contents go.
+    pub contents: Contents,
+    /// The mapped file of a file-backed VMA.
+    pub file: Option<MappedFile>,
+    /// Name as /proc shows it.
+    pub name: String,
+}
+
+impl Vma {
+    /// Start address.
+    pub fn start(&self) -> u64 {
+        self.entry.start
+    }
+    /// End address.
+    pub fn end(&self) -> u64 {
+        self.entry.end
+    }
+    /// PROT_READ set.
+    pub fn readable(&self) -> bool {
+        self.entry.prot & libc::PROT_READ as u32 != 0
+    }
+}
+
+/// One parsed smaps record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmapsVma {
+    /// Start.
+    pub start: u64,
+    /// End.
+    pub end: u64,
+    /// "rwxp".
+    pub perms: String,
+    /// File offset.
+    pub offset: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Path or pseudo-name.
+    pub name: String,
+    /// Two-letter VmFlags.
+    pub vmflags: Vec<String>,
+}
+
+/// Parses /proc/PID/smaps text.
+pub fn parse_smaps(pid: i32, text: &str) -> Result<Vec<SmapsVma>> {
+    let mut out: Vec<SmapsVma> = Vec::new();
+    let bad = |line: &str| MemError::Parse {
+        pid,
+        line: line.into(),
+    };
+    for line in text.lines() {
+        if let Some(f) = line.strip_prefix("VmFlags:") {
+            let v = out.last_mut().ok_or_else(|| bad(line))?;
+            v.vmflags = f.split_whitespace().map(String::from).collect();
+            continue;
+        }
+        let head = line.split(' ').next().unwrap_or("");
+        let Some((s, e)) = head.split_once('-') else {
+            continue; // a "Key: value" line
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        let mut it = line.splitn(6, ' ');
+        let _ = it.next();
+        let perms = it.next().ok_or_else(|| bad(line))?.to_string();
+        let offset =
+            u64::from_str_radix(it.next().ok_or_else(|| bad(line))?, 16).map_err(|_| bad(line))?;
+        let _dev = it.next();
+        let ino = it
+            .next()
+            .ok_or_else(|| bad(line))?
+            .parse()
+            .map_err(|_| bad(line))?;
+        let name = it.next().unwrap_or("").trim_start().to_string();
+        out.push(SmapsVma {
+            start,
+            end,
+            perms,
+            offset,
+            ino,
+            name,
+            vmflags: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+fn prot_of(perms: &str) -> u32 {
+    let b = perms.as_bytes();
+    let mut p = 0;
+    if b.first() == Some(&b'r') {
+        p |= libc::PROT_READ;
+    }
+    if b.get(1) == Some(&b'w') {
+        p |= libc::PROT_WRITE;
+    }
+    if b.get(2) == Some(&b'x') {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+/// madvise bits (1 << MADV_*) and extra mmap flags CRIU derives from VmFlags.
+fn vmflags(v: &SmapsVma) -> (u64, u32, Option<&'static str>) {
+    let (mut madv, mut flags, mut bad) = (0u64, 0u32, None);
+    for f in &v.vmflags {
+        match f.as_str() {
+            "gd" => flags |= libc::MAP_GROWSDOWN as u32,
+            "lo" => flags |= libc::MAP_LOCKED as u32,
+            "nr" => flags |= libc::MAP_NORESERVE as u32,
+            "sr" => madv |= 1 << libc::MADV_SEQUENTIAL,
+            "rr" => madv |= 1 << libc::MADV_RANDOM,
+            "dc" => madv |= 1 << libc::MADV_DONTFORK,
+            "dd" => madv |= 1 << libc::MADV_DONTDUMP,
+            "mg" => madv |= 1 << libc::MADV_MERGEABLE,
+            "hg" => madv |= 1 << libc::MADV_HUGEPAGE,
+            "nh" => madv |= 1 << libc::MADV_NOHUGEPAGE,
+            "wf" => madv |= 1 << libc::MADV_WIPEONFORK,
+            "io" => bad = Some("I/O memory (VM_IO)"),
+            "pf" => bad = Some("PFN mapping (VM_PFNMAP)"),
+            _ => {}
+        }
+    }
+    (madv, flags, bad)
+}
+
+fn mapped_file(pid: i32, v: &SmapsVma) -> Result<MappedFile> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let md = std::fs::metadata(&path).map_err(|source| MemError::Proc { pid, path, source })?;
+    Ok(MappedFile {
+        path: v.name.clone(),
+        dev: md.dev(),
+        ino: md.ino(),
+        mode: md.mode(),
+        size: md.size(),
+    })
+}
+
+/// Classifies one smaps record into a CRIU VMA (file ids are assigned later).
+pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
+    let unsupported = |what| MemError::Unsupported {
+        pid,
+        start: v.start,
+        end: v.end,
+        name: v.name.clone(),
+        what,
+    };
+    let shared = v.perms.as_bytes().get(3) == Some(&b's');
+    let prot = prot_of(&v.perms);
+    let (madv, extra, bad) = vmflags(v);
+    let kernel_special = matches!(
+        v.name.as_str(),
+        "[vvar]" | "[vvar_vclock]" | "[vdso]" | "[vsyscall]"
+    );
+    if let (Some(what), false) = (bad, kernel_special) {
+        return Err(unsupported(what));
+    }
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32 | extra;
+    let mut entry = pb::VmaEntry {
+        start: v.start,
+        end: v.end,
+        pgoff: 0,
+        shmid: 0,
+        prot,
+        flags: anon,
+        status: status::REGULAR | status::ANON_PRIVATE,
+        fd: -1,
+        madv: (madv != 0).then_some(madv),
+        fdflags: None,
+    };
+    let mut contents = Contents::Private {
+        lazy: true,
+        file: false,
+    };
+    let mut file = None;
+    match v.name.as_str() {
+        "[vsyscall]" => {
+            entry.status = status::VSYSCALL | status::ANON_PRIVATE;
+            contents = Contents::None;
+        }
+        "[vdso]" => {
+            entry.status |= status::VDSO;
+            contents = Contents::Private {
+                lazy: false,
+                file: false,
+            };
+        }
+        "[vvar]" | "[vvar_vclock]" => {
+            entry.status |= status::VVAR;
+            contents = Contents::None;
+        }
+        "[heap]" => entry.status |= status::HEAP,
+        n if v.ino == 0 && (n.is_empty() || n.starts_with('[')) => {
+            if shared {
+                return Err(unsupported("shared mapping without a backing object"));
+            }
+            if n.starts_with("[uprobes]") {
+                return Err(unsupported("uprobes area"));
+            }
+        }
+        n if n.starts_with("/memfd:") => {
+            return Err(unsupported("memfd mapping (not supported yet)"))
+        }
+        n if n.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
+        n if shared && n.starts_with("/dev/zero") => {
+            let f = mapped_file(pid, v)?;
+            entry.flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | extra;
+            entry.status = status::REGULAR | status::ANON_SHARED;
+            entry.pgoff = v.offset;
+            entry.shmid = f.ino;
+            contents = Contents::Shmem { ino: f.ino };
+        }
+        n if n.ends_with(" (deleted)") => {
+            return Err(unsupported("mapping of a deleted file (not supported yet)"))
+        }
+        n if n.starts_with('/') => {
+            let f = mapped_file(pid, v)?;
+            if f.mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(unsupported("mapping of a device or special file"));
+            }
+            entry.pgoff = v.offset;
+            let writable_shared = shared && prot & libc::PROT_WRITE as u32 != 0;
+            entry.fdflags = Some(if writable_shared {
+                libc::O_RDWR as u32
+            } else {
+                libc::O_RDONLY as u32
+            });
+            if shared {
+                entry.flags = libc::MAP_SHARED as u32 | extra;
+                entry.status = status::REGULAR | status::FILE_SHARED;
+                contents = Contents::None;
+            } else {
+                entry.flags = libc::MAP_PRIVATE as u32 | extra;
+                entry.status = status::REGULAR | status::FILE_PRIVATE;
+                contents = Contents::Private {
+                    lazy: false,
+                    file: true,
+                };
+            }
+            file = Some(f);
+        }
+        _ => return Err(unsupported("unknown special mapping")),
+    }
+    Ok(Vma {
+        entry,
+        contents,
+        file,
+        name: v.name.clone(),
+    })
+}
+
+/// Reads and classifies every VMA of `pid`; adjacent [vvar] and [vvar_vclock] become one VMA.
+pub fn vmas(pid: i32) -> Result<Vec<Vma>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| MemError::Proc { pid, path, source })?;
+    let mut out: Vec<Vma> = Vec::new();
+    for v in parse_smaps(pid, &text)? {
+        let vma = classify(pid, &v)?;
+        if let Some(prev) = out.last_mut() {
+            let vvar = status::VVAR;
+            if prev.entry.status & vvar != 0
+                && vma.entry.status & vvar != 0
+                && prev.entry.end == vma.entry.start
+            {
+                prev.entry.end = vma.entry.end;
+                continue;
+            }
+        }
+        out.push(vma);
+    }
+    Ok(out)
+}
+
+/// The mm_* fields of mm-PID.img that /proc/PID/stat carries, and the saved auxv.
+#[derive(Debug, Clone, Default)]
+pub struct MmFields {
+    /// Fields 26, 27, 28, 45..=51 of stat, in CRIU's order.
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// auxv words up to (not including) AT_NULL.
+    pub auxv: Vec<u64>,
+}
+
+/// Reads the mm fields from /proc/PID/stat and /proc/PID/auxv.
+pub fn mm_fields(pid: i32) -> Result<MmFields> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|source| MemError::Proc {
+        pid,
+        path: path.clone(),
+        source,
+    })?;
+    let (_, f) = crate::freeze::parse_stat(&text).ok_or_else(|| MemError::Parse {
+        pid,
+        line: text.clone(),
+    })?;
+    let n = |field: usize| -> Result<u64> {
+        f.get(field - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| MemError::Parse {
+                pid,
+                line: format!("stat field {field}"),
+            })
+    };
+    let apath = format!("/proc/{pid}/auxv");
+    let raw = std::fs::read(&apath).map_err(|source| MemError::Proc {
+        pid,
+        path: apath,
+        source,
+    })?;
+    let mut auxv = Vec::new();
+    for pair in raw.chunks_exact(16) {
+        let k = u64::from_le_bytes(pair[..8].try_into().expect("8 bytes"));
+        if k == 0 {
+            break;
+        }
+        auxv.push(k);
+        auxv.push(u64::from_le_bytes(pair[8..].try_into().expect("8 bytes")));
+    }
+    Ok(MmFields {
+        start_code: n(26)?,
+        end_code: n(27)?,
+        start_stack: n(28)?,
+        start_data: n(45)?,
+        end_data: n(46)?,
+        start_brk: n(47)?,
+        arg_start: n(48)?,
+        arg_end: n(49)?,
+        env_start: n(50)?,
+        env_end: n(51)?,
+        auxv,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str =
+        "00400000-00401000 r--p 00000000 fe:00 10117584                           /bin/x\n\
+Size:                  4 kB\n\
+VmFlags: rd mr mw me dw\n\
+7fc3e4e48000-7fc3e4e4c000 r--p 00000000 00:00 0                          [vvar]\n\
+VmFlags: rd mr pf io de dd\n\
+7ffced618000-7ffced639000 rw-p 00000000 00:00 0                          [stack]\n\
+Rss:                 12 kB\n\
+VmFlags: rd wr mr mw me gd ac\n";
+
+    #[test]
+    fn parses_and_classifies() {
+        let v = parse_smaps(1, SMAPS).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(
+            (v[0].start, v[0].ino, v[0].name.as_str()),
+            (0x400000, 10117584, "/bin/x")
+        );
+        assert_eq!(v[1].vmflags.len(), 6);
+        // vvar is VM_PFNMAP|VM_IO but kernel-provided: classified by name, not refused.
+        let vv = classify(1, &v[1]).unwrap();
+        assert_eq!(
+            vv.entry.status,
+            status::REGULAR | status::ANON_PRIVATE | status::VVAR
+        );
+        assert_eq!(vv.entry.madv, Some(1 << 16));
+        let st = classify(1, &v[2]).unwrap();
+        assert_eq!(st.entry.flags, 0x122);
+        assert_eq!(st.entry.status, 513);
+        assert_eq!(
+            st.contents,
+            Contents::Private {
+                lazy: true,
+                file: false
+            }
+        );
+        let mut m = v[2].clone();
+        m.name = "/memfd:x (deleted)".into();
+        m.ino = 5;
+        let e = classify(7, &m).unwrap_err().to_string();
+        assert!(e.contains("task 7") && e.contains("memfd"), "{e}");
+    }
+}
