@@ -1,6 +1,6 @@
 //! ferry: a runc-compatible OCI runtime with its own checkpoint/restore engine.
 //!
-//! One binary, several faces: as `criu` (by argv[0] or `ferry criu`) it will speak CRIU's
+//! One binary, several faces: as `criu` (by argv[0] or `ferry criu`) it speaks CRIU's
 //! command line; otherwise it is the OCI runtime with runc's command line. Errors are printed
 //! the way runc prints them, and the exit code is 1 on any error.
 
@@ -13,9 +13,6 @@ use std::io::Write;
 use std::path::Path;
 
 use cli::{Command, Parsed};
-
-/// What `ferry criu` and a `criu` argv[0] say until the criu face exists.
-const CRIU_FACE_MISSING: &str = "ferry: the criu-compatible face is not implemented yet";
 
 fn main() {
     let code = real_main(std::env::args_os().collect());
@@ -71,8 +68,7 @@ fn is_criu_argv0(argv0: Option<&OsString>) -> bool {
 
 fn real_main(args: Vec<OsString>) -> i32 {
     if is_criu_argv0(args.first()) {
-        eprintln!("{CRIU_FACE_MISSING}");
-        return 1;
+        return ferry_engine::criu::main_with_args(args);
     }
     let cli = match cli::parse(args) {
         Parsed::Run(cli) => *cli,
@@ -110,9 +106,10 @@ fn real_main(args: Vec<OsString>) -> i32 {
             print!("{}", cli::command().render_help());
             return 0;
         }
-        Some(Command::Criu(_)) => {
-            report(CRIU_FACE_MISSING, to_file);
-            return 1;
+        Some(Command::Criu(a)) => {
+            let mut argv: Vec<OsString> = vec!["criu".into()];
+            argv.extend(a.rest.into_iter().map(OsString::from));
+            return ferry_engine::criu::main_with_args(argv);
         }
         Some(Command::Image(args)) => {
             return match ferry_images::cmd::run(&args) {
@@ -149,8 +146,17 @@ mod tests {
     }
 
     #[test]
-    fn criu_face_fails_clearly() {
+    fn criu_face_rejects_a_dump_without_its_arguments() {
         assert_eq!(real_main(vec!["criu".into(), "dump".into()]), 1);
+    }
+
+    #[test]
+    fn criu_face_help_exits_zero() {
+        assert_eq!(real_main(vec!["criu".into(), "--help".into()]), 0);
+        assert_eq!(
+            real_main(vec!["ferry".into(), "criu".into(), "--help".into()]),
+            0
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub enum Command {
     Features,
     /// inspect and convert checkpoint images
     Image(ferry_images::cmd::ImageArgs),
-    /// the criu-compatible face (not implemented yet)
+    /// the criu-compatible face: criu dump|restore|check
     #[command(disable_help_flag = true)]
     Criu(CriuArgs),
 }
