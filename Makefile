@@ -3,7 +3,7 @@
 #   make demo    install what is needed (setup), build, and run the demo container
 #   make test    setup + build, then unit and end-to-end tests (nextest)
 #   make lint    rustfmt --check and clippy -D warnings
-#   make bench   benchmarks (engine benchmarks arrive with the engine)
+#   make bench   benchmarks: lifecycle latency vs runc, engine dump/restore GiB/s
 #   make fuzz    bounded fuzzing of the image reader
 #   make clean
 

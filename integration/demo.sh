@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ferry's main job on an embedded default: a busybox-static container that prints a counter,
-# run detached, inspected with state/ps/exec, paused and resumed, stopped and deleted.
-# (Later issues extend it with checkpoint/restore.) Run as root: `make demo`.
+# run detached, inspected with state/ps/exec, paused and resumed, stopped and deleted; then the
+# engine on a plain process: the same counter checkpointed with `ferry criu dump`, inspected with
+# `ferry image show`, restored with `ferry criu restore` and shown carrying on from where it
+# stopped. (Container checkpoint/restore joins with issue 7.) Run as root: `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,9 @@ id=ferry-demo-$$
 ferry() { "$FERRY" --root "$root" "$@"; }
 if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B= N=; fi
 step() { printf '\n%s$ ferry %s%s\n' "$B" "$*" "$N"; ferry "$@"; }
+hostpid=
 cleanup() {
+    [ -n "$hostpid" ] && kill -KILL "$hostpid" 2>/dev/null || true
     ferry delete --force "$id" >/dev/null 2>&1 || true
     for d in /sys/fs/cgroup/*/ferry-it-"$id"; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
     rm -rf "$work"
@@ -53,5 +57,32 @@ done
 step state "$id"; echo
 echo "-- counter.log tail:"; tail -n 3 "$work/counter.log"
 step delete "$id"
+
+echo
+echo "== checkpoint/restore of a process tree with ferry's own engine"
+# its own session, as a daemon would be (a job of this shell would need --shell-job); started
+# from a subshell so it is nobody's job here: init adopts it, as it adopts the restored one.
+( setsid "$work/bundle/rootfs/bin/counter" "$work/host-count" 200 </dev/null >/dev/null 2>&1 &
+  echo $! >"$work/counter.pid" )
+hostpid=$(cat "$work/counter.pid")
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+sleep 1.1
+printf '\n%s$ ferry criu dump -t %s -D %s%s\n' "$B" "$hostpid" "$work/images" "$N"
+"$FERRY" criu dump -t "$hostpid" -D "$work/images"
+at_dump=$(cat "$work/host-count")
+alive "$hostpid" && { echo "demo: the dumped process still runs" >&2; exit 1; }
+echo "dumped at count $at_dump; the process is gone (pid $hostpid)"
+printf '\n%s$ ferry image show %s%s\n' "$B" "$work/images" "$N"
+"$FERRY" image show "$work/images" | head -n 25
+sleep 1
+printf '\n%s$ ferry criu restore -D %s -d --pidfile restored.pid%s\n' "$B" "$work/images" "$N"
+"$FERRY" criu restore -D "$work/images" -d --pidfile "$work/restored.pid"
+restored=$(cat "$work/restored.pid")
+[ "$restored" = "$hostpid" ] || { echo "demo: restored as pid $restored, not $hostpid" >&2; exit 1; }
+sleep 1.1
+now=$(cat "$work/host-count")
+echo "restored as pid $restored: counter $at_dump -> $now"
+[ "$now" -gt "$at_dump" ] || { echo "demo: the counter did not carry on" >&2; exit 1; }
+kill -TERM "$hostpid"; hostpid=
 echo
 echo "demo: ok"
