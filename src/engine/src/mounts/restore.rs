@@ -102,15 +102,14 @@ fn make_mountpoint(
     is_dir: bool,
 ) -> Result<(), MountError> {
     let io = |op: &'static str| {
-        move |source| MountError::Io {
-            stage: STAGE,
+        move |source| MountError::Mount {
             pid,
-            op,
-            path: target.display().to_string(),
+            mnt_id: e.mnt_id,
+            target: target.display().to_string(),
+            call: format!("{op} mountpoint"),
             source,
         }
     };
-    let _ = e;
     if target.symlink_metadata().is_ok() {
         return Ok(());
     }
