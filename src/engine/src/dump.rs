@@ -23,6 +23,9 @@ pub enum DumpError {
     /// Freezing the tree.
     #[error(transparent)]
     Freeze(#[from] FreezeError),
+    /// The tree's pid namespace.
+    #[error(transparent)]
+    PidNs(#[from] crate::pidns::PidNsError),
     /// Reading registers.
     #[error(transparent)]
     Regs(#[from] crate::regs::dump::RegsError),
@@ -116,6 +119,16 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Where stats-dump goes (CRIU's -W); the images directory when `None`.
     pub work_dir: Option<PathBuf>,
+    /// Datagram unix sockets connected to named sockets outside the tree are allowed
+    /// (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// File locks are dumped (`--file-locks`) instead of refused.
+    pub file_locks: bool,
+    /// Largest unlinked file whose content is dumped (`--ghost-limit`); 1 MiB when `None`.
+    pub ghost_limit: Option<u64>,
+    /// Established TCP connections are dumped with TCP repair (`--tcp-established`) instead
+    /// of refused.
+    pub tcp_established: bool,
 }
 
 impl DumpOptions {
@@ -128,6 +141,10 @@ impl DumpOptions {
             leave_running: false,
             shell_job: false,
             work_dir: None,
+            ext_unix_sk: false,
+            file_locks: false,
+            ghost_limit: None,
+            tcp_established: false,
         }
     }
 }
@@ -219,6 +236,7 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
         ),
     );
     let mut ctx = Ctx::new(opts.images_dir.clone(), zero);
+    ctx.files.inet.tcp_established = opts.tcp_established;
     match write_images(&mut tree, &mut ctx, opts, log) {
         Ok(mut report) => {
             // Every image is written and fsynced. A tree that stays alive may go on now, before
@@ -226,8 +244,12 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
             if opts.leave_running {
                 let t = Instant::now();
                 report.frozen_time = tree.frozen_at.elapsed() + tree.freezing_time;
+                // TCP connections leave repair mode before their tasks run again; a killed
+                // tree's close them silently in repair mode (files::inet).
+                let resumed = ctx.files.inet.resume();
                 tree.release()?;
                 log.stage("release", t, "tree resumed (--leave-running)");
+                resumed.map_err(crate::files::dump::FilesError::from)?;
                 write_manifest(&opts.images_dir, log)?;
             } else {
                 write_manifest(&opts.images_dir, log)?;
@@ -242,6 +264,9 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
             log.error(&e.to_string());
             let t = Instant::now();
             // A cleanup error never hides the first error.
+            if let Err(r) = ctx.files.inet.resume() {
+                log.error(&format!("rollback: {r}"));
+            }
             match tree.release() {
                 Ok(()) => log.stage("rollback", t, "tree released unharmed"),
                 Err(r) => log.error(&format!("rollback: {r}")),
@@ -273,13 +298,21 @@ fn write_images(
     log: &mut DumpLog,
 ) -> Result<DumpReport, DumpError> {
     crate::pstree::dump::check_groups(tree).map_err(DumpError::Tree)?;
+    // Pids as the tree sees them (its own pid namespace when it is a container's).
+    let nsmap = crate::pidns::dump::collect(tree)?;
     let pids: Vec<i32> = tree
         .tasks
         .iter()
         .filter(|t| t.zombie.is_none())
         .map(|t| t.ids.pid)
         .collect();
-    crate::files::dump::check_locks(&pids)?;
+    if !opts.file_locks {
+        crate::files::dump::check_locks(&pids)?;
+    }
+    ctx.files.file_locks = opts.file_locks;
+    if let Some(l) = opts.ghost_limit {
+        ctx.files.ghost_limit = l;
+    }
     let root = tree.tasks[0].ids;
     if root.sid != root.pid && !opts.shell_job && !tree.tasks.iter().any(|t| t.ids.pid == root.sid)
     {
@@ -295,12 +328,17 @@ fn write_images(
         freezing_time: tree.freezing_time,
         ..Default::default()
     };
-    let mut root_ids = None;
+    // As CRIU: the inventory's root_ids are the dumper's own, numbered first, so a restore can
+    // tell which namespaces are the tree's own (ids differing from these).
+    let root_ids = Some(ctx.ids(std::process::id() as i32)?);
     let mut files_written = std::collections::HashSet::new();
     for task in tree.tasks.iter_mut() {
         let pid = task.ids.pid;
         let t = Instant::now();
-        let imgs = dump_task::dump_task(task, ctx, opts.shell_job).map_err(in_task("dump", pid))?;
+        let mut imgs =
+            dump_task::dump_task(task, ctx, opts.shell_job).map_err(in_task("dump", pid))?;
+        imgs.pid = nsmap.ns(imgs.pid);
+        crate::pidns::dump::translate_cores(&mut imgs.cores, &nsmap);
         let (scan, drain, pages) = imgs.mem;
         log.stage(
             "task",
@@ -314,20 +352,14 @@ fn write_images(
         );
         let t = Instant::now();
         write_task(&dir, &imgs, &mut files_written).map_err(in_task("write", pid))?;
-        if let (None, Some(a)) = (&root_ids, &imgs.alive) {
-            root_ids = Some(a.ids);
-        }
         log.stage("write", t, &format!("task {pid}: images written"));
     }
     let t = Instant::now();
-    dir.write_entries("pstree.img", &crate::pstree::dump::entries(tree))?;
+    dir.write_entries("pstree.img", &crate::pstree::dump::entries(tree, &nsmap))?;
+    ctx.files.finish_unix(opts.ext_unix_sk)?;
     dir.write_entries("files.img", &ctx.files.entries)?;
-    if !ctx.files.ttys.is_empty() {
-        dir.write_entries("tty-info.img", &ctx.files.ttys)?;
-    }
-    if !ctx.files.pipes.is_empty() {
-        write_pipes(&dir, &ctx.files.pipes)?;
-    }
+    // tty-info, pipes-data, ghost-file-N, remap-fpath: the file table's side images.
+    ctx.files.write_side_images(&dir, &mut ctx.next_pages_id)?;
     dir.write_entries("seccomp.img", &[ctx.seccomp.entry()])?;
     dir.write_entries("timens-0.img", &[timens()?])?;
     let inventory = pb::InventoryEntry {
@@ -428,16 +460,6 @@ fn sync_writer(
         source: e.into_error(),
     })?;
     f.sync_all().map_err(io_err(&path, "fsync"))
-}
-
-fn write_pipes(dir: &ImageDir, pipes: &[crate::files::dump::PipeData]) -> Result<(), DumpError> {
-    let name = "pipes-data.img";
-    let mut w = dir.writer(name)?;
-    for p in pipes {
-        w.write_entry(&p.entry)?;
-        w.write_raw(&p.data)?;
-    }
-    sync_writer(dir, name, w)
 }
 
 fn timens() -> Result<pb::TimensEntry, DumpError> {

@@ -5,6 +5,7 @@
 //! the restorer blob, which rebuilds the address space and returns with rt_sigreturn. Each
 //! resource lives in one module holding both halves; `dump` and `restore` only order stages.
 
+pub mod container;
 pub mod criu;
 pub mod dump;
 pub mod dump_log;
@@ -12,6 +13,7 @@ pub mod dump_task;
 pub mod freeze;
 pub mod restore;
 pub mod restore_finish;
+pub mod restore_range;
 pub mod restore_task;
 pub mod restore_verify;
 pub mod restorer;
@@ -21,6 +23,7 @@ pub mod creds;
 pub mod files;
 pub mod fs;
 pub mod mem;
+pub mod pidns;
 pub mod pstree;
 pub mod regs;
 pub mod seccomp;
@@ -28,8 +31,8 @@ pub mod sigact;
 pub mod timers;
 
 // Container-level resources (issue 7).
-pub mod ipc;
-pub mod uts;
-pub mod mounts;
 pub mod cgroups;
+pub mod ipc;
+pub mod mounts;
 pub mod net;
+pub mod uts;

@@ -25,6 +25,7 @@ use thiserror::Error;
 
 use crate::files::restore::{Needs, Opened};
 use crate::mem::restore::{self as mem, CurrentVdso, MapFds, MemImage};
+use crate::pidns::restore::{self as pidns, NsMode};
 use crate::pstree::restore::{self as pst, state};
 use crate::restore_verify::Verifier;
 use crate::stage::{Ctl, Stage};
@@ -66,7 +67,7 @@ pub enum RestoreError {
     },
 }
 
-fn stage_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+pub(crate) fn stage_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     stage: &'static str,
 ) -> impl FnOnce(E) -> RestoreError {
     move |e| RestoreError::Stage {
@@ -88,6 +89,8 @@ pub struct Options {
     pub timeout: Duration,
     /// How long to wait for a pid held by a zombie.
     pub pid_wait: Duration,
+    /// The caller is PID 1 of a fresh pid namespace and becomes the root (see pidns::inplace).
+    pub in_place: bool,
 }
 
 impl Options {
@@ -99,6 +102,7 @@ impl Options {
             shell_job: false,
             timeout: Duration::from_secs(30),
             pid_wait: Duration::from_secs(3),
+            in_place: false,
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct Plan {
     pub shell_job: bool,
     /// The manifest check running beside the restore.
     pub verifier: Verifier,
+    /// Where the tree's pids live.
+    pub ns: NsMode,
 }
 
 impl Plan {
@@ -257,13 +263,6 @@ fn read_tasks(dir: &ImageDir) -> Result<Vec<TaskPlan>, RestoreError> {
         .read_entries("pstree.img")
         .map_err(stage_err("read images"))?;
     let kids = pst::children(&entries).map_err(stage_err("read images"))?;
-    if entries[0].pid == 1 {
-        return Err(RestoreError::Task {
-            pid: 1,
-            stage: "read images",
-            msg: "the tree was the init of its own pid namespace; restoring namespaces is not supported by this restore yet (containers restore through `ferry restore`)".into(),
-        });
-    }
     let mut tasks = Vec::new();
     for (entry, children) in entries.into_iter().zip(kids) {
         let pid = entry.pid;
@@ -347,6 +346,7 @@ fn check(
     opts: &Options,
 ) -> Result<Needs, RestoreError> {
     let mut needs = Needs::default();
+    let ns_tree = tasks.first().is_some_and(|t| t.entry.pid == 1);
     for t in tasks.iter_mut() {
         let pid = t.entry.pid;
         let task_err = |msg: String| RestoreError::Task {
@@ -354,7 +354,8 @@ fn check(
             stage: "check",
             msg,
         };
-        for &id in &t.entry.threads {
+        // A fresh pid namespace has every pid free.
+        for &id in t.entry.threads.iter().filter(|_| !ns_tree) {
             pst::wait_free(id, opts.pid_wait).map_err(|e| task_err(e.to_string()))?;
         }
         if !t.alive {
@@ -425,74 +426,6 @@ fn check(
     Ok(needs)
 }
 
-/// Finds `len` bytes free in ferry's layout and in every target layout, highest first.
-fn choose_range(tasks: &[TaskPlan], len: u64) -> Option<u64> {
-    let mut used: Vec<(u64, u64)> = Vec::new();
-    for t in tasks {
-        if let Some(m) = &t.mem {
-            used.extend(m.ranges());
-        }
-    }
-    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
-        for l in maps.lines() {
-            let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
-            if let Some((a, b)) = r {
-                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                    used.push((a, b));
-                }
-            }
-        }
-    }
-    used.push((mem::TASK_SIZE - (1 << 30), u64::MAX));
-    used.push((0, 1 << 32));
-    used.sort();
-    let align: u64 = 2 << 20;
-    let mut best = None;
-    let mut prev_end: u64 = 0;
-    let limit = mem::TASK_SIZE - (1 << 30);
-    for (a, b) in used {
-        if prev_end >= limit {
-            break;
-        }
-        let a = a.min(limit);
-        // one guard page either side, so nothing merges with the range
-        let lo = prev_end
-            .saturating_add(4096)
-            .min(mem::TASK_SIZE)
-            .next_multiple_of(align);
-        if a > 4096 && a - 4096 >= lo && (a - 4096 - lo) >= len {
-            best = Some(((a - 4096 - len) / align) * align);
-        }
-        prev_end = prev_end.max(b);
-    }
-    best
-}
-
-fn reserve(at: u64, len: u64) -> Result<(), RestoreError> {
-    // SAFETY: a fresh PROT_NONE reservation at an address checked free; MAP_FIXED_NOREPLACE
-    // refuses to replace anything that appeared meanwhile.
-    let p = unsafe {
-        libc::mmap(
-            at as *mut libc::c_void,
-            len as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED || p as u64 != at {
-        return Err(stage_err("reserve restore range")(format!(
-            "mmap of {len} bytes at {at:#x}: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
 /// Builds the plan: images read and checked, shared resources opened, range reserved.
 pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     let t = Instant::now();
@@ -500,6 +433,7 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     let abs = std::path::absolute(&opts.images).map_err(stage_err("read images"))?;
     let dir = ImageDir::open(&abs).map_err(stage_err("read images"))?;
     let mut tasks = read_tasks(&dir)?;
+    let ns = pidns::mode(tasks[0].entry.pid, opts.in_place).map_err(stage_err("read images"))?;
     let files = files::restore::load_files(&dir).map_err(stage_err("read images"))?;
     log.stage("read images", t);
     let t = Instant::now();
@@ -519,10 +453,10 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     log.stage("open files", t);
     let priv_max = tasks.iter().map(|t| priv_size(&vdso, t)).max().unwrap_or(0);
     let len = Ctl::size_for(tasks.len()) as u64 + priv_max;
-    let at = choose_range(&tasks, len).ok_or_else(|| {
+    let at = crate::restore_range::choose_range(&tasks, len).ok_or_else(|| {
         stage_err("reserve restore range")(format!("no free range of {len} bytes in both layouts"))
     })?;
-    reserve(at, len)?;
+    crate::restore_range::reserve(at, len)?;
     let ctl = Ctl::map(at, tasks.len()).map_err(stage_err("reserve restore range"))?;
     // Checksumming every file (the pages above all) overlaps with forking and filling memory;
     // its verdict is awaited before any task is released into its own code.
@@ -537,6 +471,7 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
         vdso,
         shell_job: opts.shell_job,
         verifier,
+        ns,
     })
 }
 
@@ -563,10 +498,15 @@ fn run(
     let t = Instant::now();
     let root = &plan.tasks[0];
     let rp = root.entry.pid;
-    let got = pst::fork_with_pid(rp, opts.pid_wait).map_err(|e| RestoreError::Task {
+    let got = match plan.ns {
+        NsMode::Host => pst::fork_with_pid(rp, opts.pid_wait).map_err(|e| e.to_string()),
+        NsMode::NewNs => pidns::fork_ns_init().map_err(|e| e.to_string()),
+        NsMode::InPlace => Err("an in-place restore goes through pidns::inplace".into()),
+    }
+    .map_err(|msg| RestoreError::Task {
         pid: rp,
         stage: "fork",
-        msg: e.to_string(),
+        msg,
     })?;
     if got == 0 {
         crate::restore_task::run(plan, 0);
@@ -582,18 +522,9 @@ fn run(
     plan.verifier.verdict()?;
     log.stage("manifest check", t);
     let t = Instant::now();
-    finish(plan, opts.timeout)?;
+    release(plan, opts.timeout, log)?;
     log.stage("sigreturn and restorer unmap", t);
     let pids: Vec<u32> = plan.tasks.iter().map(|t| t.entry.pid).collect();
-    for t in plan.tasks.iter().filter(|t| t.alive) {
-        fin::apply_sched(t, log);
-    }
-    for t in &plan.tasks {
-        if t.state == state::STOPPED {
-            // SAFETY: kill by pid of a task we just restored.
-            unsafe { libc::kill(t.entry.pid as i32, libc::SIGSTOP) };
-        }
-    }
     let pages = plan
         .tasks
         .iter()
@@ -605,7 +536,7 @@ fn run(
         &format!("restored tree of {} task(s), root {rp}", pids.len()),
     );
     Ok(Outcome {
-        root: rp,
+        root: got,
         pids,
         pages,
         forking,
@@ -614,8 +545,42 @@ fn run(
     })
 }
 
+/// Lets every prepared task through rt_sigreturn, then sets what is set from outside (sched,
+/// job-control stops). Tasks are addressed by the tids /proc shows (host tids in a new pid ns).
+pub(crate) fn release(plan: &Plan, limit: Duration, log: &mut Log) -> Result<(), RestoreError> {
+    let mut tids = std::collections::HashMap::new();
+    for (i, t) in plan.tasks.iter().enumerate().filter(|(_, t)| t.alive) {
+        let pid = plan.ctl.slot(i).pid.load(Ordering::Acquire);
+        pidns::host_tids(pid, &mut tids).map_err(|e| RestoreError::Task {
+            pid: t.entry.pid,
+            stage: "sigreturn",
+            msg: e.to_string(),
+        })?;
+    }
+    let host = |tid: u32| {
+        tids.get(&tid).copied().ok_or(RestoreError::Task {
+            pid: tid,
+            stage: "sigreturn",
+            msg: "thread not found in /proc under its task".into(),
+        })
+    };
+    // Every task waits before rt_sigreturn: TCP connections leave repair mode now, before any
+    // task runs its own code (files::inet::restore).
+    crate::files::inet::restore::leave_repair(&plan.opened.inet)
+        .map_err(stage_err("leave TCP repair"))?;
+    finish(plan, &host, limit)?;
+    for t in plan.tasks.iter().filter(|t| t.alive) {
+        fin::apply_sched(t, &host, log);
+        if t.state == state::STOPPED {
+            // SAFETY: kill by pid of a task we just restored.
+            unsafe { libc::kill(host(t.entry.pid)? as i32, libc::SIGSTOP) };
+        }
+    }
+    Ok(())
+}
+
 /// Polls the stage slots until every thread of every live task waits before rt_sigreturn.
-fn wait_ready(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
+pub(crate) fn wait_ready(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
     let start = Instant::now();
     loop {
         let mut all = true;
@@ -680,7 +645,11 @@ fn gone_or_zombie(pid: u32) -> bool {
     }
 }
 
-fn finish(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
+fn finish(
+    plan: &Plan,
+    host: &dyn Fn(u32) -> Result<u32, RestoreError>,
+    limit: Duration,
+) -> Result<(), RestoreError> {
     let ferr = |pid: u32| {
         move |e: fin::FinishError| RestoreError::Task {
             pid,
@@ -696,17 +665,18 @@ fn finish(plan: &Plan, limit: Duration) -> Result<(), RestoreError> {
         .collect();
     for (_, t) in &live {
         for (tid, _) in &t.cores {
-            fin::seize(*tid).map_err(ferr(t.entry.pid))?;
+            fin::seize(host(*tid)?).map_err(ferr(t.entry.pid))?;
         }
     }
     let insn = plan.priv_base() + restorer::RESTORER_SYSCALL_OFFSET as u64;
     for (i, t) in &live {
-        let pid = t.entry.pid;
+        let pid = host(t.entry.pid)?;
         plan.ctl.release(*i);
         let mut held = Vec::new();
         for (tid, _) in &t.cores {
-            let h = fin::to_sigreturn_exit(*tid, limit).map_err(ferr(pid))?;
-            held.push((*tid, h));
+            let tid = host(*tid)?;
+            let h = fin::to_sigreturn_exit(tid, limit).map_err(ferr(t.entry.pid))?;
+            held.push((tid, h));
         }
         let h =
             fin::unmap_restorer(pid, insn, plan.range.start, plan.range.len).map_err(ferr(pid))?;

@@ -225,10 +225,21 @@ pub fn detach(tid: u32, sig: i32) -> Result<(), FinishError> {
 }
 
 /// Scheduling state set from outside once the task runs: nice and policy per thread, and the
-/// task's oom_score_adj (all allowed to root on another process).
-pub fn apply_sched(t: &TaskPlan, log: &mut Log) {
-    let pid = t.entry.pid;
+/// task's oom_score_adj (all allowed to root on another process). `host` turns the image's
+/// (namespace) tids into the ones /proc shows.
+pub fn apply_sched(
+    t: &TaskPlan,
+    host: &dyn Fn(u32) -> Result<u32, crate::restore::RestoreError>,
+    log: &mut Log,
+) {
+    let Ok(pid) = host(t.entry.pid) else {
+        return;
+    };
     for (tid, core) in &t.cores {
+        let Ok(tid) = host(*tid) else {
+            continue;
+        };
+        let tid = &tid;
         let Some(tc) = core.thread_core.as_ref() else {
             continue;
         };

@@ -18,8 +18,11 @@ use crate::{creds, files, fs, pstree, regs, restorer, sigact, timers};
 /// Runs task `i` of the plan in the freshly forked process; never returns.
 pub fn run(plan: &Plan, i: usize) -> ! {
     let slot = plan.ctl.slot(i);
-    slot.pid
-        .store(std::process::id(), std::sync::atomic::Ordering::Release);
+    // The pid the coordinator sees (a host pid when the tree has its own pid namespace).
+    slot.pid.store(
+        crate::pidns::restore::proc_self_pid(),
+        std::sync::atomic::Ordering::Release,
+    );
     // Die with the parent while the restore is unfinished; the restorer sets the real value.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -35,7 +38,9 @@ pub fn run(plan: &Plan, i: usize) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
+/// Prepares task `i` in the calling process (forks its children); returns the argument block
+/// and stack for [`jump`].
+pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
     let t = &plan.tasks[i];
     let pid = t.entry.pid;
     pstree::restore::set_session(&t.entry, i == 0, plan.shell_job).map_err(|e| e.to_string())?;
@@ -44,7 +49,10 @@ fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         let ct = &plan.tasks[c];
         let got = pstree::restore::fork_with_pid(ct.entry.pid, Duration::from_secs(2))
             .map_err(|e| e.to_string())?;
-        if got != 0 {
+        // Namespace pids mean nothing to a coordinator outside the namespace: there each task
+        // records its own pid as /proc shows it.
+        let ns_pids = plan.ns == crate::pidns::restore::NsMode::NewNs;
+        if got != 0 && !ns_pids {
             plan.ctl
                 .slot(c)
                 .pid
@@ -60,10 +68,12 @@ fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
                 unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
             }
             plan.ctl.set_stage(c, Stage::Restorer);
-            plan.ctl
-                .slot(c)
-                .pid
-                .store(ct.entry.pid, std::sync::atomic::Ordering::Release);
+            if !ns_pids {
+                plan.ctl
+                    .slot(c)
+                    .pid
+                    .store(ct.entry.pid, std::sync::atomic::Ordering::Release);
+            }
             pstree::restore::become_zombie(ct.exit_code);
         }
     }
@@ -273,7 +283,8 @@ fn unregister_rseq() {
     }
 }
 
-fn jump(entry: u64, sp: u64, args: u64) -> ! {
+/// Enters the restorer blob at `entry` with `args` on the stack `sp`; never returns.
+pub(crate) fn jump(entry: u64, sp: u64, args: u64) -> ! {
     unregister_rseq();
     // SAFETY: the restorer blob is installed at `entry`, its argument block at `args` and the
     // main thread's stack below `sp`, all inside the kept restore range; the blob never returns

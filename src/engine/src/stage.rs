@@ -14,6 +14,8 @@ use thiserror::Error;
 /// Bytes per slot.
 pub const SLOT_SIZE: usize = 1024;
 const MSG_LEN: usize = SLOT_SIZE - 32;
+/// `error` while a text error is being written (claimed, not yet readable).
+const TEXT_PENDING: u32 = u32::MAX - 1;
 
 /// Stages a task passes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,7 +138,7 @@ impl Ctl {
     pub fn fail(&self, i: usize, msg: &str) {
         let s = self.slot(i);
         if s.error
-            .compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, TEXT_PENDING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             let b = msg.as_bytes();
@@ -147,6 +149,8 @@ impl Ctl {
                 std::ptr::copy_nonoverlapping(b.as_ptr(), dst, n);
                 *dst.add(n) = 0;
             }
+            // Published only once the text is complete: a reader never sees half a message.
+            s.error.store(u32::MAX, Ordering::Release);
         }
     }
 
@@ -154,7 +158,7 @@ impl Ctl {
     pub fn message(&self, i: usize) -> Option<String> {
         let s = self.slot(i);
         match s.error.load(Ordering::Acquire) {
-            0 => None,
+            0 | TEXT_PENDING => None,
             u32::MAX => {
                 let end = s.msg.iter().position(|&c| c == 0).unwrap_or(MSG_LEN);
                 Some(String::from_utf8_lossy(&s.msg[..end]).into_owned())

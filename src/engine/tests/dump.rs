@@ -3,6 +3,7 @@
 //! images are compared with what /proc says of the live tasks.
 
 mod dump_util;
+mod workload;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;

@@ -2,5 +2,7 @@
 //! The product binary exposes the same code as `ferry criu` and as argv[0] `criu`.
 
 fn main() {
-    std::process::exit(ferry_engine::criu::main_with_args(std::env::args_os().collect()));
+    std::process::exit(ferry_engine::criu::main_with_args(
+        std::env::args_os().collect(),
+    ));
 }

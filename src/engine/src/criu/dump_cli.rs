@@ -31,7 +31,7 @@ pub struct DumpArgs {
     /// Leave the tree running after the dump.
     #[arg(short = 'R', long = "leave-running")]
     pub leave_running: bool,
-    /// Allow unix sockets connected outside the tree (unix sockets are not dumped yet).
+    /// Allow datagram unix sockets connected to named sockets outside the tree.
     #[arg(short = 'x', long = "ext-unix-sk", num_args = 0..=1, default_missing_value = "")]
     pub ext_unix_sk: Option<String>,
     /// Dump established TCP connections (sockets are not dumped yet).
@@ -40,6 +40,10 @@ pub struct DumpArgs {
     /// Dump file locks (locks are not dumped yet).
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
+    /// Largest unlinked file whose content goes into the images (bytes, or with a K/M/G suffix;
+    /// CRIU's default 1M).
+    #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = crate::files::dump::parse_size)]
+    pub ghost_limit: Option<u64>,
 }
 
 /// `-v4` -> 4; as CRIU, each `v` adds one to the default 2: `-v` -> 3, `-vv` -> 4 (clap hands
@@ -107,6 +111,10 @@ pub fn run(args: &DumpArgs) -> anyhow::Result<i32> {
         leave_running: args.leave_running,
         shell_job: args.shell_job,
         work_dir: args.work_dir.clone(),
+        ext_unix_sk: args.ext_unix_sk.is_some(),
+        file_locks: args.file_locks,
+        ghost_limit: args.ghost_limit,
+        tcp_established: args.tcp_established,
     };
     let r = dump::dump(&opts, &mut log);
     match &r {

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 
 /// `ferry criu ...`: CRIU's own command line.
 #[derive(Debug, Parser)]
-#[command(name = "criu", about = "CRIU-compatible checkpoint/restore (ferry's engine)")]
+#[command(
+    name = "criu",
+    about = "CRIU-compatible checkpoint/restore (ferry's engine)"
+)]
 pub struct CriuArgs {
     #[command(subcommand)]
     pub command: CriuCommand,

@@ -39,26 +39,25 @@ pub struct RestoreArgs {
     /// Seconds to wait for every task to reach the restorer.
     #[arg(long = "timeout", default_value_t = 30)]
     pub timeout: u64,
-    /// Not supported by ferry's restore yet (TCP repair).
+    /// Established TCP connections in the images are restored (TCP repair); without it such
+    /// images are refused.
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
-    /// Not supported by ferry's restore yet (external unix sockets).
+    /// Accepted: external unix socket entries (dumped with --ext-unix-sk) are always
+    /// reconnected by name.
     #[arg(long = "ext-unix-sk")]
     pub ext_unix_sk: bool,
-    /// Not supported by ferry's restore yet (file locks).
+    /// Accepted: file locks in the images (file-locks.img) are always taken again.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
 }
 
 /// Runs `criu restore`; returns the exit code.
 pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
-    for (set, flag) in [
-        (args.tcp_established, "--tcp-established"),
-        (args.ext_unix_sk, "--ext-unix-sk"),
-        (args.file_locks, "--file-locks"),
-    ] {
-        if set {
-            bail!("criu restore: {flag} is not supported by ferry's restore yet");
+    // Established TCP connections in the images need --tcp-established (CRIU's rule).
+    if let Ok(dir) = ferry_images::ImageDir::open(&args.images_dir) {
+        if let Err(e) = crate::files::inet::restore::check_flag(&dir, args.tcp_established) {
+            bail!("criu restore: {e}");
         }
     }
     let work = args

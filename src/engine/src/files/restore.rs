@@ -1,25 +1,31 @@
-//! Restore half of file descriptors and of the files memory maps.
+//! Restore dispatcher: opens every open file description the tree needs once, in the
+//! coordinator before forking, then lets each task put its fds in place.
 //!
-//! The coordinator opens every open file description the tree needs once, before forking, so
-//! a description shared between tasks (or between an fd and a mapping) is shared again: regular
-//! files by path with their flags and position (size, mode and ELF build-id checked against the
-//! image: a file changed since the dump is a clear error before any task exists), one pipe per
-//! `pipe_id` with its buffered bytes from pipes-data.img written back, memfds refilled from their
-//! shmem pagemap, and the caller's terminal for tty fds with `--shell-job`. All of them sit at fd
-//! numbers above every number the images use; each forked task inherits them, `dup3`s its own
-//! into place and closes every other fd it has.
+//! Kernel mechanism: a description opened once and inherited by every forked task, then
+//! `dup3`ed to the fd numbers of the image, is one shared description again, just as it was
+//! (position, flags and state shared between fds and tasks). Each kind's module creates its
+//! description from its files.img entry; everything sits at fd numbers above every number the
+//! images use, so a task's `dup3`s never clobber one another. Descriptions that refer to other
+//! fds by number (epoll targets) are completed in the task after its fds are in place.
+//!
+//! To add a kind: one arm in [`open_fd`] calling `your_module::open(...)`, returning the
+//! description as an [`OwnedFd`]; a post-install step, if the kind needs one, goes in [`install`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
-use ferry_images::{pb, ImageDir, ImageReader};
+use ferry_images::{pb, ImageDir};
 use thiserror::Error;
+
+use super::{
+    epoll, eventfd, fanotify, fifo, inotify, memfd, pipe, pty, reg, signalfd, timerfd, tty,
+};
+
+pub use super::reg::build_id;
 
 /// Errors preparing or installing fds, naming task, fd and path.
 #[derive(Debug, Error)]
-pub enum FilesError {
+pub enum RestoreError {
     /// An image could not be read.
     #[error("{what}: {source}")]
     Image {
@@ -46,7 +52,7 @@ pub enum FilesError {
         /// Why.
         source: std::io::Error,
     },
-    /// An fd kind ferry cannot restore yet.
+    /// An fd kind ferry cannot restore.
     #[error("task {pid}: fd {fd}: {what} is not supported by ferry's restore yet")]
     Unsupported {
         /// Task.
@@ -64,27 +70,62 @@ pub enum FilesError {
         /// The id.
         id: u32,
     },
+    /// A kind's state could not be restored.
+    #[error("task {pid}: fd {fd}: {kind}: {what}")]
+    State {
+        /// Task.
+        pid: u32,
+        /// fd.
+        fd: u32,
+        /// Kind.
+        kind: &'static str,
+        /// What went wrong.
+        what: String,
+    },
 }
 
-fn img<E: std::error::Error + Send + Sync + 'static>(
+/// The old name of the error type.
+pub type FilesError = RestoreError;
+
+pub(crate) fn img<E: std::error::Error + Send + Sync + 'static>(
     what: &str,
-) -> impl FnOnce(E) -> FilesError + '_ {
-    move |e| FilesError::Image {
+) -> impl FnOnce(E) -> RestoreError + '_ {
+    move |e| RestoreError::Image {
         what: what.to_string(),
         source: Box::new(e),
     }
 }
 
-fn sys(op: &'static str, path: &str) -> FilesError {
-    FilesError::Sys {
+pub(crate) fn sys(op: &'static str, path: &str) -> RestoreError {
+    RestoreError::Sys {
         op,
         path: path.to_string(),
         source: std::io::Error::last_os_error(),
     }
 }
 
+/// Takes ownership of the fd a syscall returned, or names the failed syscall.
+pub(crate) fn owned(n: i32, op: &'static str, what: &str) -> Result<OwnedFd, RestoreError> {
+    if n < 0 {
+        return Err(sys(op, what));
+    }
+    // SAFETY: n is a fresh fd returned to us by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// tty-info.img by id.
+fn load_tty_infos(dir: &ImageDir) -> Result<BTreeMap<u32, pb::TtyInfoEntry>, RestoreError> {
+    if !dir.has("tty-info.img") {
+        return Ok(BTreeMap::new());
+    }
+    let v: Vec<pb::TtyInfoEntry> = dir
+        .read_entries("tty-info.img")
+        .map_err(img("tty-info.img"))?;
+    Ok(v.into_iter().map(|t| (t.id, t)).collect())
+}
+
 /// files.img by id.
-pub fn load_files(dir: &ImageDir) -> Result<BTreeMap<u32, pb::FileEntry>, FilesError> {
+pub fn load_files(dir: &ImageDir) -> Result<BTreeMap<u32, pb::FileEntry>, RestoreError> {
     if !dir.has("files.img") {
         return Ok(BTreeMap::new());
     }
@@ -101,105 +142,46 @@ pub struct Opened {
     pub maps: BTreeMap<u32, OwnedFd>,
     /// Anonymous shared memory, by shmid.
     pub shmem: BTreeMap<u64, OwnedFd>,
+    /// epoll targets to add once a task's fds are in place, by the epoll's files.img id.
+    pub epolls: BTreeMap<u32, Vec<pb::EventpollTfdEntry>>,
+    /// F_SETOWN owners and F_SETSIG signals to set in the task, by files.img id.
+    pub fowns: BTreeMap<u32, pb::FownEntry>,
+    /// pty slaves that are a session's controlling terminal: (sid, foreground pgrp) by id.
+    pub cttys: BTreeMap<u32, (u32, u32)>,
+    /// pidfds each task opens itself, by files.img id.
+    pub pidfds: BTreeMap<u32, pb::PidfdEntry>,
+    /// file-locks.img: locks each task takes again once its fds are in place.
+    pub locks: Vec<pb::FileLockEntry>,
+    /// TCP and UDP sockets; established connections stay in repair mode until
+    /// `inet::restore::leave_repair`.
+    pub inet: super::inet::restore::Sockets,
 }
 
-/// The 20-byte NT_GNU_BUILD_ID of an ELF file, as CRIU stores it (five LE u32 words).
-pub fn build_id(f: &File) -> Option<Vec<u32>> {
-    let mut h = [0u8; 64];
-    f.read_exact_at(&mut h, 0).ok()?;
-    if &h[0..4] != b"\x7fELF" || h[4] != 2 {
-        return None;
-    }
-    let phoff = u64::from_le_bytes(h[32..40].try_into().ok()?);
-    let phentsize = u16::from_le_bytes(h[54..56].try_into().ok()?) as u64;
-    let phnum = u16::from_le_bytes(h[56..58].try_into().ok()?) as u64;
-    for i in 0..phnum.min(64) {
-        let mut ph = [0u8; 56];
-        f.read_exact_at(&mut ph, phoff + i * phentsize).ok()?;
-        if u32::from_le_bytes(ph[0..4].try_into().ok()?) != 4 {
-            continue; // PT_NOTE
-        }
-        let off = u64::from_le_bytes(ph[8..16].try_into().ok()?);
-        let size = u64::from_le_bytes(ph[32..40].try_into().ok()?).min(4096) as usize;
-        let mut n = vec![0u8; size];
-        f.read_exact_at(&mut n, off).ok()?;
-        let mut p = 0;
-        while p + 12 <= n.len() {
-            let namesz = u32::from_le_bytes(n[p..p + 4].try_into().ok()?) as usize;
-            let descsz = u32::from_le_bytes(n[p + 4..p + 8].try_into().ok()?) as usize;
-            let ty = u32::from_le_bytes(n[p + 8..p + 12].try_into().ok()?);
-            let name_at = p + 12;
-            let desc_at = name_at + namesz.next_multiple_of(4);
-            if desc_at + descsz > n.len() {
-                break;
-            }
-            if ty == 3 && n.get(name_at..name_at + 4) == Some(b"GNU\0") && descsz == 20 {
-                return Some(
-                    n[desc_at..desc_at + 20]
-                        .chunks(4)
-                        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
-                        .collect(),
-                );
-            }
-            p = desc_at + descsz.next_multiple_of(4);
-        }
-    }
-    None
-}
-
-/// Opens a regular file as the image recorded it and checks it is the same file.
-fn open_reg(r: &pb::RegFileEntry, flags: i32, with_pos: bool) -> Result<File, FilesError> {
-    let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-    let f = std::fs::OpenOptions::new()
-        .read(clean & libc::O_ACCMODE != libc::O_WRONLY)
-        .write(clean & libc::O_ACCMODE != libc::O_RDONLY)
-        .custom_flags((clean & !libc::O_ACCMODE) | libc::O_CLOEXEC)
-        .open(&r.name)
-        .map_err(|e| FilesError::Sys {
-            op: "open",
-            path: r.name.clone(),
-            source: e,
-        })?;
-    let md = f.metadata().map_err(|e| FilesError::Sys {
-        op: "fstat",
-        path: r.name.clone(),
-        source: e,
-    })?;
-    let changed = |what: String| FilesError::Changed {
-        path: r.name.clone(),
-        what,
-    };
-    if let Some(mode) = r.mode.filter(|&m| m != 0) {
-        if md.mode() != mode {
-            return Err(changed(format!("mode {:o}, image {mode:o}", md.mode())));
-        }
-    }
-    if let Some(size) = r.size {
-        if md.is_file() && md.len() != size {
-            return Err(changed(format!("size {} bytes, image {size}", md.len())));
-        }
-    }
-    if !r.build_id.is_empty() && build_id(&f).as_deref() != Some(&r.build_id[..]) {
-        return Err(changed("ELF build-id differs".into()));
-    }
-    if with_pos && r.pos != 0 {
-        // SAFETY: lseek on an fd we own.
-        if unsafe { libc::lseek(f.as_raw_fd(), r.pos as i64, libc::SEEK_SET) } < 0 {
-            return Err(sys("lseek", &r.name));
-        }
-    }
-    Ok(f)
+/// The fown entry of any kind of files.img entry.
+fn fown_of(f: &pb::FileEntry) -> Option<&pb::FownEntry> {
+    let f = [
+        f.reg.as_ref().map(|e| &e.fown),
+        f.pipe.as_ref().map(|e| &e.fown),
+        f.efd.as_ref().map(|e| &e.fown),
+        f.epfd.as_ref().map(|e| &e.fown),
+        f.sgfd.as_ref().map(|e| &e.fown),
+        f.tfd.as_ref().map(|e| &e.fown),
+        f.memfd.as_ref().map(|e| &e.fown),
+        f.ify.as_ref().map(|e| &e.fown),
+        f.pidfd.as_ref().map(|e| &e.fown),
+        f.ffy.as_ref().map(|e| &e.fown),
+        f.tty.as_ref().map(|e| &e.fown),
+        f.usk.as_ref().map(|e| &e.fown),
+        f.isk.as_ref().map(|e| &e.fown),
+    ];
+    f.into_iter().flatten().next()
 }
 
 /// Moves an fd to a number >= `min` (close-on-exec); the old number is closed.
-fn lift(fd: OwnedFd, min: RawFd, what: &str) -> Result<OwnedFd, FilesError> {
+fn lift(fd: OwnedFd, min: RawFd, what: &str) -> Result<OwnedFd, RestoreError> {
     // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the result is a new fd we own.
     let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
-    if n < 0 {
-        return Err(sys("F_DUPFD", what));
-    }
-    // SAFETY: n is a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    owned(n, "F_DUPFD", what)
 }
 
 /// What the tree needs opened.
@@ -213,6 +195,34 @@ pub struct Needs {
     pub shmem: BTreeMap<u64, u64>,
 }
 
+/// The coordinator's state while it opens descriptions.
+pub struct Prep<'a> {
+    /// The images.
+    pub dir: &'a ImageDir,
+    /// --shell-job.
+    pub shell_job: bool,
+    /// Pipes by pipe_id.
+    pub pipes: pipe::Pipes,
+    /// pty pairs by index.
+    pub ptys: pty::Ptys,
+    /// tty-info.img by id.
+    pub tty_infos: BTreeMap<u32, pb::TtyInfoEntry>,
+    /// Indexes of the pty pairs whose master is in the images.
+    pub pty_masters: std::collections::HashSet<u32>,
+    /// FIFO anchors by pipe_id.
+    pub fifos: fifo::Fifos,
+    /// files.img.
+    pub files: &'a BTreeMap<u32, pb::FileEntry>,
+    /// Re-created unlinked files.
+    pub ghosts: reg::Ghosts,
+    /// memfd.img.
+    pub memfds: memfd::Inodes,
+    /// What is opened so far.
+    pub out: Opened,
+    /// Unix sockets, all rebuilt on first use.
+    pub unix: super::unix::restore::Sockets,
+}
+
 /// Opens everything in `needs` (coordinator side, before forking).
 pub fn prepare(
     dir: &ImageDir,
@@ -220,201 +230,167 @@ pub fn prepare(
     needs: &Needs,
     shell_job: bool,
     min_fd: RawFd,
-) -> Result<Opened, FilesError> {
-    let mut out = Opened::default();
-    let mut pipes: BTreeMap<u32, (OwnedFd, OwnedFd)> = BTreeMap::new();
-    let memfds = load_memfds(dir)?;
+) -> Result<Opened, RestoreError> {
+    let tty_infos = load_tty_infos(dir)?;
+    let pty_masters = pty::masters_in(files, &tty_infos);
+    let mut p = Prep {
+        dir,
+        shell_job,
+        pipes: Default::default(),
+        fifos: Default::default(),
+        ptys: Default::default(),
+        tty_infos,
+        pty_masters,
+        files,
+        ghosts: reg::Ghosts::create(dir, files)?,
+        memfds: memfd::Inodes::load(dir)?,
+        out: Opened::default(),
+        unix: Default::default(),
+    };
     for (pid, fi) in &needs.fds {
-        if out.fds.contains_key(&fi.id) {
+        if p.out.fds.contains_key(&fi.id) {
             continue;
         }
-        let f = files.get(&fi.id).ok_or_else(|| FilesError::NoFile {
+        let f = files.get(&fi.id).ok_or_else(|| RestoreError::NoFile {
             what: format!("task {pid} fd {}", fi.fd),
             id: fi.id,
         })?;
-        let unsupported = |what: String| FilesError::Unsupported {
-            pid: *pid,
-            fd: fi.fd,
-            what,
-        };
-        let fd: OwnedFd = if let Some(r) = &f.reg {
-            open_reg(r, r.flags as i32, true)?.into()
-        } else if let Some(p) = &f.pipe {
-            if let std::collections::btree_map::Entry::Vacant(e) = pipes.entry(p.pipe_id) {
-                e.insert(make_pipe(p.pipe_id)?);
-            }
-            let (rd, wr) = &pipes[&p.pipe_id];
-            let end = if p.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY {
-                wr
-            } else {
-                rd
-            };
-            let fd = end.try_clone().map_err(|e| FilesError::Sys {
-                op: "dup",
-                path: format!("pipe:[{}]", p.pipe_id),
-                source: e,
-            })?;
-            // SAFETY: F_SETFL on an fd we own.
-            unsafe {
-                libc::fcntl(
-                    fd.as_raw_fd(),
-                    libc::F_SETFL,
-                    p.flags as i32 & libc::O_NONBLOCK,
-                )
-            };
-            fd
-        } else if let Some(m) = &f.memfd {
-            let fd = memfd_for(dir, &memfds, u64::from(m.inode_id), &mut out)?;
-            // SAFETY: lseek on an fd we own.
-            unsafe { libc::lseek(fd.as_raw_fd(), m.pos as i64, libc::SEEK_SET) };
-            fd
-        } else if f.tty.is_some() {
-            if !shell_job {
-                return Err(unsupported("a terminal without --shell-job".into()));
-            }
-            // SAFETY: isatty on fd 0 of this process.
-            if unsafe { libc::isatty(0) } != 1 {
-                return Err(unsupported(
-                    "a terminal with --shell-job, but ferry's stdin is not a terminal".into(),
-                ));
-            }
-            // SAFETY: dup of our own stdin; the result is a new fd we own.
-            let n = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
-            if n < 0 {
-                return Err(sys("dup", "stdin"));
-            }
-            // SAFETY: n is fresh and ours.
-            unsafe { OwnedFd::from_raw_fd(n) }
-        } else {
-            let kind = pb::FdTypes::try_from(f.r#type)
-                .map(|t| t.as_str_name().to_string())
-                .unwrap_or_else(|_| format!("fd type {}", f.r#type));
-            return Err(unsupported(kind));
-        };
-        out.fds.insert(fi.id, lift(fd, min_fd, "fd")?);
+        if let Some(e) = &f.pidfd {
+            p.out.pidfds.insert(fi.id, *e);
+            continue;
+        }
+        let fd = open_fd(&mut p, *pid, fi, f)?;
+        if let Some(o) = fown_of(f).filter(|o| o.pid != 0 || o.signum != 0) {
+            p.out.fowns.insert(fi.id, *o);
+        }
+        p.out.fds.insert(fi.id, lift(fd, min_fd, "fd")?);
     }
-    fill_pipes(dir, &pipes)?;
+    p.pipes.fill(dir)?;
+    p.ptys.finish();
+    p.out.locks = super::locks::load(dir)?;
     for (&id, &flags) in &needs.maps {
-        let f = files.get(&id).ok_or_else(|| FilesError::NoFile {
+        let f = files.get(&id).ok_or_else(|| RestoreError::NoFile {
             what: "a mapping".into(),
             id,
         })?;
         let fd: OwnedFd = if let Some(r) = &f.reg {
-            open_reg(r, flags, false)?.into()
+            reg::open(r, flags, false, &p.ghosts)?.into()
         } else if let Some(m) = &f.memfd {
-            memfd_for(dir, &memfds, u64::from(m.inode_id), &mut out)?
+            p.memfds.get(dir, m.inode_id, &mut p.out)?
         } else {
-            return Err(FilesError::Unsupported {
+            return Err(RestoreError::Unsupported {
                 pid: 0,
                 fd: 0,
                 what: format!("a mapping of file id {id} (type {})", f.r#type),
             });
         };
-        out.maps.insert(id, lift(fd, min_fd, "mapping")?);
+        p.out.maps.insert(id, lift(fd, min_fd, "mapping")?);
     }
     for (&shmid, &size) in &needs.shmem {
         let f =
-            crate::mem::restore::anon_shmem(dir, shmid, size).map_err(|e| FilesError::Image {
+            crate::mem::restore::anon_shmem(dir, shmid, size).map_err(|e| RestoreError::Image {
                 what: format!("shared memory {shmid}"),
                 source: Box::new(e),
             })?;
-        out.shmem.insert(shmid, lift(f.into(), min_fd, "shmem")?);
+        p.out.shmem.insert(shmid, lift(f.into(), min_fd, "shmem")?);
     }
-    Ok(out)
+    // Everything of a ghost file is open now: its name goes, as it had gone before the dump.
+    p.ghosts.unlink();
+    Ok(p.out)
 }
 
-fn make_pipe(id: u32) -> Result<(OwnedFd, OwnedFd), FilesError> {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into a valid array.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(sys("pipe2", &format!("pipe:[{id}]")));
-    }
-    // SAFETY: both fds are fresh and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
-
-fn fill_pipes(dir: &ImageDir, pipes: &BTreeMap<u32, (OwnedFd, OwnedFd)>) -> Result<(), FilesError> {
-    if !dir.has("pipes-data.img") {
-        return Ok(());
-    }
-    let data = dir.read("pipes-data.img").map_err(img("pipes-data.img"))?;
-    let mut r = ImageReader::new("pipes-data.img", &data).map_err(img("pipes-data.img"))?;
-    while let Some(e) = r
-        .next_entry::<pb::PipeDataEntry>()
-        .map_err(img("pipes-data.img"))?
-    {
-        let bytes = r
-            .raw(u64::from(e.bytes), "pipe data")
-            .map_err(img("pipes-data.img"))?;
-        let Some((_, wr)) = pipes.get(&e.pipe_id) else {
-            continue;
-        };
-        let what = format!("pipe:[{}]", e.pipe_id);
-        if let Some(size) = e.size {
-            // SAFETY: F_SETPIPE_SZ on a pipe we own.
-            unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size as i32) };
+/// The description of one files.img entry. Add your kind here.
+fn open_fd(
+    p: &mut Prep,
+    pid: u32,
+    fi: &pb::FdinfoEntry,
+    f: &pb::FileEntry,
+) -> Result<OwnedFd, RestoreError> {
+    let ty = pb::FdTypes::try_from(f.r#type).ok();
+    let missing = || RestoreError::Image {
+        what: "files.img".into(),
+        source: format!("file id {} of type {:?} has no entry of its kind", f.id, ty).into(),
+    };
+    Ok(match ty {
+        Some(pb::FdTypes::Reg) => {
+            let r = f.reg.as_ref().ok_or_else(missing)?;
+            reg::open(r, r.flags as i32, true, &p.ghosts)?.into()
         }
-        let mut done = 0;
-        while done < bytes.len() {
-            // SAFETY: write from a valid buffer to a pipe we own (it has room: the data fit
-            // in the pipe when it was dumped).
-            let n = unsafe {
-                libc::write(
-                    wr.as_raw_fd(),
-                    bytes[done..].as_ptr() as *const libc::c_void,
-                    bytes.len() - done,
-                )
-            };
-            if n <= 0 {
-                return Err(sys("write of buffered data into", &what));
+        Some(pb::FdTypes::Pipe) => p.pipes.open(f.pipe.as_ref().ok_or_else(missing)?)?,
+        Some(pb::FdTypes::Fifo) => {
+            let e = f.fifo.as_ref().ok_or_else(missing)?;
+            p.fifos.open(p.dir, p.files, pid, fi.fd, e)?
+        }
+        Some(pb::FdTypes::Memfd) => memfd::open(p, f.memfd.as_ref().ok_or_else(missing)?)?,
+        Some(pb::FdTypes::Tty) => {
+            let e = f.tty.as_ref().ok_or_else(missing)?;
+            let info = p.tty_infos.get(&e.tty_info_id);
+            let regf = e.regf_id.and_then(|id| p.files.get(&id)?.reg.as_ref());
+            let master = regf.is_some_and(|r| r.name.ends_with("ptmx"));
+            match info {
+                Some(i)
+                    if master
+                        || i.pty
+                            .as_ref()
+                            .is_some_and(|x| p.pty_masters.contains(&x.index)) =>
+                {
+                    if !master && i.sid != 0 {
+                        p.out.cttys.insert(f.id, (i.sid, i.pgrp));
+                    }
+                    p.ptys.open(pid, fi.fd, e, i, master)?
+                }
+                _ => tty::open(pid, fi.fd, p.shell_job)?,
             }
-            done += n as usize;
         }
-    }
-    Ok(())
-}
-
-fn load_memfds(dir: &ImageDir) -> Result<BTreeMap<u64, pb::MemfdInodeEntry>, FilesError> {
-    if !dir.has("memfd.img") {
-        return Ok(BTreeMap::new());
-    }
-    let v: Vec<pb::MemfdInodeEntry> = dir.read_entries("memfd.img").map_err(img("memfd.img"))?;
-    Ok(v.into_iter().map(|m| (m.inode_id, m)).collect())
-}
-
-/// One memfd per inode, shared by every fd and mapping of it.
-fn memfd_for(
-    dir: &ImageDir,
-    inodes: &BTreeMap<u64, pb::MemfdInodeEntry>,
-    inode: u64,
-    out: &mut Opened,
-) -> Result<OwnedFd, FilesError> {
-    let key = u64::MAX - inode;
-    if let Some(fd) = out.shmem.get(&key) {
-        return fd.try_clone().map_err(|e| FilesError::Sys {
-            op: "dup",
-            path: "memfd".into(),
-            source: e,
-        });
-    }
-    let m = inodes.get(&inode).ok_or_else(|| FilesError::NoFile {
-        what: "memfd.img inode".into(),
-        id: inode as u32,
-    })?;
-    let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name).map_err(
-        |e| FilesError::Image {
-            what: format!("memfd {}", m.name),
-            source: Box::new(e),
-        },
-    )?;
-    let fd: OwnedFd = f.into();
-    let keep = fd.try_clone().map_err(|e| FilesError::Sys {
-        op: "dup",
-        path: "memfd".into(),
-        source: e,
-    })?;
-    out.shmem.insert(key, keep);
-    Ok(fd)
+        Some(pb::FdTypes::Eventfd) => {
+            eventfd::open(pid, fi.fd, f.efd.as_ref().ok_or_else(missing)?)?
+        }
+        Some(pb::FdTypes::Signalfd) => {
+            signalfd::open(pid, fi.fd, f.sgfd.as_ref().ok_or_else(missing)?)?
+        }
+        Some(pb::FdTypes::Timerfd) => {
+            timerfd::open(pid, fi.fd, f.tfd.as_ref().ok_or_else(missing)?)?
+        }
+        Some(pb::FdTypes::Inotify) => {
+            inotify::open(pid, fi.fd, f.ify.as_ref().ok_or_else(missing)?)?
+        }
+        Some(pb::FdTypes::Fanotify) => {
+            fanotify::open(pid, fi.fd, f.ffy.as_ref().ok_or_else(missing)?)?
+        }
+        Some(pb::FdTypes::Eventpoll) => {
+            let e = f.epfd.as_ref().ok_or_else(missing)?;
+            p.out.epolls.insert(f.id, e.tfd.clone());
+            epoll::open(pid, fi.fd, e)?
+        }
+        Some(pb::FdTypes::Unixsk) => p.unix.open(p.dir, f.id).map_err(|e| RestoreError::State {
+            pid,
+            fd: fi.fd,
+            kind: "unix socket",
+            what: e.to_string(),
+        })?,
+        Some(pb::FdTypes::Inetsk) => {
+            p.out
+                .inet
+                .open(p.dir, f.id)
+                .map_err(|e| RestoreError::State {
+                    pid,
+                    fd: fi.fd,
+                    kind: "inet socket",
+                    what: e.to_string(),
+                })?
+        }
+        // Sockets: the socket modules hook in here.
+        _ => {
+            let kind = ty
+                .map(|t| t.as_str_name().to_string())
+                .unwrap_or_else(|| format!("fd type {}", f.r#type));
+            return Err(RestoreError::Unsupported {
+                pid,
+                fd: fi.fd,
+                what: kind,
+            });
+        }
+    })
 }
 
 /// Puts the task's fds in place and closes every other fd but `keep` (runs in the task).
@@ -423,10 +399,20 @@ pub fn install(
     fds: &[pb::FdinfoEntry],
     opened: &Opened,
     keep: &BTreeSet<RawFd>,
-) -> Result<(), FilesError> {
+) -> Result<(), RestoreError> {
     let mut mine = keep.clone();
     for fi in fds {
-        let src = opened.fds.get(&fi.id).ok_or_else(|| FilesError::NoFile {
+        if let Some(e) = opened.pidfds.get(&fi.id) {
+            let cloexec = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
+                libc::O_CLOEXEC
+            } else {
+                0
+            };
+            super::pidfd::install(pid, fi.fd, e, cloexec)?;
+            mine.insert(fi.fd as i32);
+            continue;
+        }
+        let src = opened.fds.get(&fi.id).ok_or_else(|| RestoreError::NoFile {
             what: format!("task {pid} fd {}", fi.fd),
             id: fi.id,
         })?;
@@ -441,8 +427,21 @@ pub fn install(
         }
         mine.insert(fi.fd as i32);
     }
+    // Post-install steps: descriptions that name other fds of the task by number, and owners
+    // (which must exist: they are the task itself or tasks forked before it).
+    for fi in fds {
+        if let Some(o) = opened.fowns.get(&fi.id) {
+            set_fown(pid, fi.fd, o)?;
+        }
+        if let Some(&(sid, pgrp)) = opened.cttys.get(&fi.id) {
+            pty::take_ctty(pid, fi.fd, sid, pgrp)?;
+        }
+        if let Some(tfds) = opened.epolls.get(&fi.id) {
+            epoll::add_targets(pid, fi, tfds, fds, opened)?;
+        }
+    }
     let others: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| FilesError::Sys {
+        .map_err(|e| RestoreError::Sys {
             op: "read",
             path: "/proc/self/fd".into(),
             source: e,
@@ -454,6 +453,37 @@ pub fn install(
         // SAFETY: closing an fd of this forked task that it must not keep; no Rust object in
         // this task uses it after this point (the caller only holds `opened`, which it leaks).
         unsafe { libc::close(n) };
+    }
+    // Locks last: closing any fd of a file drops the task's POSIX locks on it, so they are
+    // taken only once the coordinator's copies are gone.
+    super::locks::apply(pid, &opened.locks)?;
+    Ok(())
+}
+
+/// F_SETSIG and F_SETOWN_EX on fd `fd` of this task.
+fn set_fown(pid: u32, fd: u32, o: &pb::FownEntry) -> Result<(), RestoreError> {
+    let ex = super::OwnerEx {
+        type_: o.pid_type as i32,
+        pid: o.pid as i32,
+    };
+    // SAFETY: fcntl on an fd of this task; F_SETOWN_EX reads a valid f_owner_ex.
+    let ok = unsafe {
+        libc::fcntl(fd as i32, super::F_SETSIG, o.signum as i32) == 0
+            && (o.pid == 0 || libc::fcntl(fd as i32, super::F_SETOWN_EX, &ex) == 0)
+    };
+    if !ok {
+        return Err(RestoreError::State {
+            pid,
+            fd,
+            kind: "fown",
+            what: format!(
+                "owner {} (type {}) signal {}: {}",
+                o.pid,
+                o.pid_type,
+                o.signum,
+                std::io::Error::last_os_error()
+            ),
+        });
     }
     Ok(())
 }

@@ -7,20 +7,22 @@
 use ferry_images::pb;
 
 use crate::freeze::FrozenTree;
+use crate::pidns::dump::PidMap;
 
-/// pstree.img entries in tree order.
-pub fn entries(tree: &FrozenTree) -> Vec<pb::PstreeEntry> {
+/// pstree.img entries in tree order, with the pids the tree sees (`ns`: host -> namespace).
+pub fn entries(tree: &FrozenTree, ns: &PidMap) -> Vec<pb::PstreeEntry> {
+    let n = |host: i32| ns.ns(host) as u32;
     tree.tasks
         .iter()
         .map(|t| pb::PstreeEntry {
-            pid: t.ids.pid as u32,
-            ppid: t.ids.ppid as u32,
-            pgid: t.ids.pgid as u32,
-            sid: t.ids.sid as u32,
+            pid: n(t.ids.pid),
+            ppid: if t.ids.ppid == 0 { 0 } else { n(t.ids.ppid) },
+            pgid: n(t.ids.pgid),
+            sid: n(t.ids.sid),
             threads: if t.threads.is_empty() {
-                vec![t.ids.pid as u32]
+                vec![n(t.ids.pid)]
             } else {
-                t.threads.iter().map(|th| th.tid as u32).collect()
+                t.threads.iter().map(|th| n(th.tid)).collect()
             },
         })
         .collect()

@@ -183,12 +183,14 @@ pub fn set_session(e: &pb::PstreeEntry, is_root: bool, shell_job: bool) -> Resul
         pid,
         what: format!("{what}: {}", std::io::Error::last_os_error()),
     };
-    if e.sid == pid {
+    // SAFETY: getsid/getpid have no memory arguments.
+    let leads = unsafe { libc::getsid(0) == libc::getpid() };
+    if e.sid == pid && !leads {
         // SAFETY: setsid has no memory arguments.
         if unsafe { libc::setsid() } < 0 {
             return Err(fail("setsid"));
         }
-    } else if is_root && !shell_job {
+    } else if e.sid != pid && is_root && !shell_job {
         return Err(PstreeError::Unsupported {
             pid,
             what: format!(

@@ -1,6 +1,7 @@
 //! Unit tests of the restore orchestrator's pure parts.
 
 use super::*;
+use crate::restore_range::choose_range;
 
 fn task(vmas: &[(u64, u64)]) -> TaskPlan {
     let mm = pb::MmEntry {

@@ -12,22 +12,15 @@ use std::time::{Duration, Instant};
 
 use ferry_images::{pb, ImageDir};
 
-/// Builds tests/workloads/dumpee.c once per test binary (gcc -static).
+/// tests/workloads/dumpee.c, built once (see `workload::build`).
 pub fn dumpee() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/dumpee.c");
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ferry-dumpee");
-        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let st = Command::new("gcc")
-            .args(["-O1", "-static", "-pthread", "-mavx2", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("run gcc");
-        assert!(st.success(), "gcc dumpee.c failed: {st}");
-        std::fs::rename(&tmp, &out).unwrap();
-        out
+        crate::workload::build(
+            "dumpee.c",
+            "ferry-dumpee",
+            &["-O1", "-pthread", "-mavx2", "-Wall"],
+        )
     })
     .clone()
 }

@@ -25,7 +25,7 @@ pub fn setup() {
         let want = std::fs::read(&src).expect("fixture binary");
         if std::fs::read(&dst).ok().as_deref() != Some(&want[..]) {
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-            let tmp = dst.with_extension("tmp");
+            let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
             std::fs::write(&tmp, &want).unwrap();
             std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();

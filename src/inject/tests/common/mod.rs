@@ -32,19 +32,36 @@ pub struct Victim {
 fn victim_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        use std::os::fd::AsRawFd;
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/victim.c");
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ferry-inject-victim");
-        // Test binaries (and nextest's per-test processes) build it concurrently: compile to a
-        // private name, then rename into place atomically.
-        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let st = Command::new("cc")
-            .args(["-O1", "-Wall", "-pthread", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("run cc for tests/victim.c");
-        assert!(st.success(), "cc tests/victim.c failed: {st}");
-        std::fs::rename(&tmp, &out).unwrap();
+        let text = std::fs::read(&src).expect("read tests/victim.c");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        // Test binaries (and nextest's per-test processes) run it concurrently: one directory
+        // per source content, built once under an flock and never replaced, so a running victim
+        // never maps a deleted file (the maps comparisons would see "(deleted)").
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("inject-victim-{:016x}", h.finish()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("ferry-inject-victim");
+        if out.exists() {
+            return out;
+        }
+        let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+        // SAFETY: flock on a file this closure holds open; released when it is closed.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        if !out.exists() {
+            let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+            let st = Command::new("cc")
+                .args(["-O1", "-Wall", "-pthread", "-o"])
+                .arg(&tmp)
+                .arg(&src)
+                .status()
+                .expect("run cc for tests/victim.c");
+            assert!(st.success(), "cc tests/victim.c failed: {st}");
+            std::fs::rename(&tmp, &out).unwrap();
+        }
         out
     })
     .clone()

@@ -1,0 +1,568 @@
+//! Container-level checkpoint and restore: orders the container's resource stages around the
+//! process-tree dump and restore. It only orders stages; every resource lives in its own module.
+//!
+//! Kernel mechanism. A container is a process tree whose root is PID 1 of its own pid namespace,
+//! plus namespaces (uts, ipc, mnt, net) and cgroups that outlive no task: they die with the last
+//! task. So every resource is dumped while the tree is still alive, frozen by the cgroup freezer
+//! (the tree cannot change its hostname, IPC objects, mounts or links meanwhile), and only then
+//! is the tree itself dumped and, unless `leave_running`, killed by the engine once its images
+//! are safe. The network lock (an nftables table in the container's netns) holds connections
+//! still for the whole dump.
+//!
+//! Restore is split the other way round: the caller (the runtime) creates fresh namespaces,
+//! rootfs, mounts and cgroups for a new init that waits; [`restore_resources`] fills those
+//! namespaces from the images from outside (hostname, IPC objects, links, tmpfs contents,
+//! cgroups), and the init then restores the tree in place (`pidns::inplace`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ferry_images::{pb, ImageDir};
+
+use crate::cgroups::{CgroupMode, CgroupRestore};
+use crate::dump::{DumpOptions, DumpReport};
+use crate::dump_log::DumpLog;
+use crate::mounts::MountDumpOpts;
+use crate::net::NetLock;
+
+/// Errors of the container-level stages; each names its stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The process-tree dump.
+    #[error(transparent)]
+    Dump(#[from] crate::dump::DumpError),
+    /// Hostname.
+    #[error(transparent)]
+    Uts(#[from] crate::uts::UtsError),
+    /// SysV IPC.
+    #[error(transparent)]
+    Ipc(#[from] crate::ipc::IpcError),
+    /// Mount tree.
+    #[error(transparent)]
+    Mounts(#[from] crate::mounts::MountError),
+    /// cgroups.
+    #[error(transparent)]
+    Cgroups(#[from] crate::cgroups::CgroupError),
+    /// Network and its lock.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// Image directory.
+    #[error(transparent)]
+    Dir(#[from] ferry_images::dir::DirError),
+    /// The caller's freezer failed.
+    #[error("container {stage}: cgroup freezer: {message}")]
+    Freezer {
+        /// freeze or thaw
+        stage: &'static str,
+        /// the freezer's error
+        message: String,
+    },
+    /// I/O on a path.
+    #[error("container {stage}: {op} {path}: {source}")]
+    Io {
+        /// stage
+        stage: &'static str,
+        /// operation
+        op: &'static str,
+        /// path
+        path: String,
+        /// why
+        source: std::io::Error,
+    },
+    /// A capability ferry does not have yet.
+    #[error("container {stage}: not supported yet: {what}")]
+    NotSupported {
+        /// stage
+        stage: &'static str,
+        /// what is missing
+        what: String,
+    },
+}
+
+/// The container's cgroup freezer, driven by the runtime (which knows the container's cgroups).
+pub trait Freezer {
+    /// Freezes every task of the container and waits until they are frozen.
+    fn freeze(&mut self) -> Result<(), String>;
+    /// Thaws them again.
+    fn thaw(&mut self) -> Result<(), String>;
+}
+
+/// What to checkpoint and how.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    /// Host pid of the container's init.
+    pub pid: i32,
+    /// Image directory (created).
+    pub images_dir: PathBuf,
+    /// dump.log and stats-dump (None: the image directory).
+    pub work_dir: Option<PathBuf>,
+    /// Keep the container running afterwards.
+    pub leave_running: bool,
+    /// The init's session is outside the container.
+    pub shell_job: bool,
+    /// External unix sockets allowed.
+    pub ext_unix_sk: bool,
+    /// File locks dumped instead of refused.
+    pub file_locks: bool,
+    /// Established TCP connections dumped (TCP repair) instead of refused.
+    pub tcp_established: bool,
+    /// Cgroup handling.
+    pub cgroups: CgroupMode,
+    /// External mounts: mountpoint (in the container) -> ext_key, runc's convention.
+    pub external_mounts: BTreeMap<String, String>,
+    /// Tag of the network lock's table (`ferry-TAG`).
+    pub lock_tag: String,
+}
+
+/// Namespace ids of the container's root task, numbered as the tree dump numbers them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NsIds {
+    /// uts namespace id, when the container has its own.
+    pub uts: Option<u32>,
+    /// ipc namespace id, when its own.
+    pub ipc: Option<u32>,
+    /// mount namespace id, when its own.
+    pub mnt: Option<u32>,
+    /// network namespace id, when its own.
+    pub net: Option<u32>,
+}
+
+fn own_ns(pid: i32, name: &str) -> Result<bool, ContainerError> {
+    let ino = |p: String| {
+        std::fs::metadata(&p)
+            .map(|m| m.ino())
+            .map_err(|source| ContainerError::Io {
+                stage: "namespaces",
+                op: "stat",
+                path: p,
+                source,
+            })
+    };
+    Ok(ino(format!("/proc/{pid}/ns/{name}"))? != ino(format!("/proc/self/ns/{name}"))?)
+}
+
+/// The namespace ids the tree dump will give the container's root: the dumper's own
+/// namespaces are numbered first, then the root's (`dump_task::Ctx::ids`, as CRIU does).
+pub fn ns_ids(pid: i32, images_dir: &Path) -> Result<NsIds, ContainerError> {
+    let mut ctx = crate::dump_task::Ctx::new(images_dir.to_path_buf(), 0);
+    ctx.ids(std::process::id() as i32)?;
+    let ids = ctx.ids(pid)?;
+    let pick = |name: &str, id: Option<u32>| -> Result<Option<u32>, ContainerError> {
+        Ok(if own_ns(pid, name)? { id } else { None })
+    };
+    Ok(NsIds {
+        uts: pick("uts", ids.uts_ns_id)?,
+        ipc: pick("ipc", ids.ipc_ns_id)?,
+        mnt: pick("mnt", ids.mnt_ns_id)?,
+        net: pick("net", ids.net_ns_id)?,
+    })
+}
+
+/// Checkpoints the container whose init is `opts.pid`: network lock → freeze → hostname, IPC,
+/// mounts, network, cgroups → thaw → process tree (killed by the engine unless
+/// `leave_running`) → unlock. On error the container runs on as before (thawed, unlocked).
+pub fn checkpoint(
+    opts: &CheckpointOptions,
+    freezer: &mut dyn Freezer,
+    log: &mut DumpLog,
+) -> Result<DumpReport, ContainerError> {
+    let t = Instant::now();
+    std::fs::create_dir_all(&opts.images_dir).map_err(|source| ContainerError::Io {
+        stage: "prepare",
+        op: "create",
+        path: opts.images_dir.display().to_string(),
+        source,
+    })?;
+    let dir = ImageDir::open(&opts.images_dir)?;
+    let ids = ns_ids(opts.pid, &opts.images_dir)?;
+    log.stage("container prepare", t, &format!("namespace ids {ids:?}"));
+
+    let lock = match ids.net {
+        Some(_) => {
+            let t = Instant::now();
+            let l = crate::net::lock_network(opts.pid, &opts.lock_tag)?;
+            log.stage("network lock", t, &format!("table inet {}", l.table()));
+            Some(l)
+        }
+        None => None,
+    };
+    let r = frozen_resources(opts, &dir, ids, freezer, log)
+        .and_then(|()| Ok(crate::dump::dump(&dump_options(opts), log)?));
+    let unlocked = lock.map(NetLock::unlock).transpose();
+    match (r, unlocked) {
+        (Ok(report), Ok(_)) => Ok(report),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), Err(u)) => {
+            // A cleanup error never hides the first error.
+            log.error(&format!("network unlock after a failed checkpoint: {u}"));
+            Err(e)
+        }
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+fn dump_options(opts: &CheckpointOptions) -> DumpOptions {
+    let mut d = DumpOptions::new(opts.pid, opts.images_dir.clone());
+    d.leave_running = opts.leave_running;
+    d.shell_job = opts.shell_job;
+    d.work_dir = opts.work_dir.clone();
+    d.ext_unix_sk = opts.ext_unix_sk;
+    d.file_locks = opts.file_locks;
+    d.tcp_established = opts.tcp_established;
+    d
+}
+
+/// Freezes the container, dumps its namespaces' resources, thaws it again (the tree dump seizes
+/// tasks with ptrace, which a frozen task cannot enter: see `freeze_then_seize_is_missing`).
+fn frozen_resources(
+    opts: &CheckpointOptions,
+    dir: &ImageDir,
+    ids: NsIds,
+    freezer: &mut dyn Freezer,
+    log: &mut DumpLog,
+) -> Result<(), ContainerError> {
+    let t = Instant::now();
+    freezer
+        .freeze()
+        .map_err(|message| ContainerError::Freezer {
+            stage: "freeze",
+            message,
+        })?;
+    log.stage("container freeze", t, "cgroup frozen");
+    let r = dump_resources(opts, dir, ids, log);
+    let t = Instant::now();
+    let thawed = freezer.thaw().map_err(|message| ContainerError::Freezer {
+        stage: "thaw",
+        message,
+    });
+    log.stage("container thaw", t, "cgroup thawed for the tree dump");
+    r.and(thawed)
+}
+
+fn dump_resources(
+    opts: &CheckpointOptions,
+    dir: &ImageDir,
+    ids: NsIds,
+    log: &mut DumpLog,
+) -> Result<(), ContainerError> {
+    let pid = opts.pid;
+    let t = Instant::now();
+    if let Some(id) = ids.uts {
+        let st = crate::uts::dump_uts(pid, dir, id)?;
+        log.stage("uts", t, &format!("hostname {:?}", st.nodename));
+    }
+    let t = Instant::now();
+    if let Some(id) = ids.ipc {
+        let s = crate::ipc::dump_ipc(pid, dir, id)?;
+        log.stage(
+            "ipc",
+            t,
+            &format!(
+                "{} shm, {} sem, {} msg",
+                s.shm_ids.len(),
+                s.sem_ids.len(),
+                s.msg_ids.len()
+            ),
+        );
+    }
+    let t = Instant::now();
+    if let Some(id) = ids.mnt {
+        let m = MountDumpOpts {
+            root: PathBuf::from("/"),
+            external: opts.external_mounts.clone(),
+        };
+        let e = crate::mounts::dump_mounts(pid, dir, id, &m)?;
+        log.stage("mounts", t, &format!("{} mounts", e.len()));
+    }
+    let t = Instant::now();
+    if let Some(id) = ids.net {
+        let links = crate::net::dump_net(pid, dir, id)?;
+        log.stage("net", t, &format!("{} links", links.len()));
+    }
+    let t = Instant::now();
+    let cg = crate::cgroups::dump_cgroups(dir, &[pid], opts.cgroups)?;
+    if let Some(set) = cg.sets.get(&pid).filter(|s| **s != 1) {
+        // The tree dump writes cg_set 1 for every task (inventory root_cg_set 1).
+        return Err(ContainerError::NotSupported {
+            stage: "cgroups",
+            what: format!("init in cgroup set {set} instead of 1"),
+        });
+    }
+    log.stage("cgroups", t, &format!("mode {:?}", opts.cgroups));
+    Ok(())
+}
+
+/// What to restore into the namespaces prepared for the container's new init.
+#[derive(Debug, Clone)]
+pub struct ResourceRestoreOptions {
+    /// Host pid of the prepared (waiting) init.
+    pub pid: i32,
+    /// Image directory.
+    pub images_dir: PathBuf,
+    /// Cgroup handling.
+    pub cgroups: CgroupMode,
+    /// Tag of the network lock's table.
+    pub lock_tag: String,
+}
+
+/// Resources restored, held until the tree runs.
+#[derive(Debug, Default)]
+pub struct RestoredResources {
+    lock: Option<NetLock>,
+    cgroups: Option<CgroupRestore>,
+}
+
+impl RestoredResources {
+    /// The tree runs: lifts the network lock; created cgroups now belong to the container.
+    pub fn finish(mut self) -> Result<(), ContainerError> {
+        self.cgroups.take();
+        match self.lock.take() {
+            Some(l) => Ok(l.unlock()?),
+            None => Ok(()),
+        }
+    }
+
+    /// The restore failed and its tasks are gone: unlocks and removes created cgroups. Returns
+    /// the first cleanup error.
+    pub fn undo(mut self) -> Result<(), ContainerError> {
+        let a = self.lock.take().map(NetLock::unlock).transpose();
+        let b = self.cgroups.take().map(CgroupRestore::undo).transpose();
+        a?;
+        b?;
+        Ok(())
+    }
+}
+
+/// The root task's namespace ids as the images record them (`ids-PID.img` or `core.ids`).
+pub fn image_ns_ids(dir: &ImageDir) -> Result<pb::TaskKobjIdsEntry, ContainerError> {
+    let tree: Vec<pb::PstreeEntry> = dir.read_entries("pstree.img")?;
+    let root = tree.first().ok_or_else(|| ContainerError::NotSupported {
+        stage: "read images",
+        what: "an empty pstree.img".into(),
+    })?;
+    let ids_name = format!("ids-{}.img", root.pid);
+    if dir.has(&ids_name) {
+        return Ok(dir.read_one(&ids_name)?);
+    }
+    let core: pb::CoreEntry = dir.read_one(&format!("core-{}.img", root.pid))?;
+    core.ids.ok_or_else(|| ContainerError::NotSupported {
+        stage: "read images",
+        what: format!(
+            "task {}: no ids-{}.img and no ids in its core",
+            root.pid, root.pid
+        ),
+    })
+}
+
+/// Fills the prepared namespaces of `opts.pid` from the images: hostname, IPC objects, links
+/// (under the network lock), tmpfs contents, cgroups. Anything done is undone on error.
+pub fn restore_resources(
+    opts: &ResourceRestoreOptions,
+    log: &mut crate::restore::Log,
+) -> Result<RestoredResources, ContainerError> {
+    let dir = ImageDir::open(&opts.images_dir)?;
+    let ids = image_ns_ids(&dir)?;
+    let mut done = RestoredResources::default();
+    match restore_into(opts, &dir, &ids, &mut done, log) {
+        Ok(()) => Ok(done),
+        Err(e) => {
+            if let Err(u) = done.undo() {
+                log.line(
+                    0,
+                    &format!("Error: undo after a failed resource restore: {u}"),
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+fn restore_into(
+    opts: &ResourceRestoreOptions,
+    dir: &ImageDir,
+    ids: &pb::TaskKobjIdsEntry,
+    done: &mut RestoredResources,
+    log: &mut crate::restore::Log,
+) -> Result<(), ContainerError> {
+    let pid = opts.pid;
+    let t = Instant::now();
+    if let Some(id) = ids
+        .net_ns_id
+        .filter(|id| dir.has(&crate::net::image_names(*id)[0]))
+    {
+        done.lock = Some(crate::net::lock_network(pid, &opts.lock_tag)?);
+        crate::net::restore_net(pid, dir, id, &Default::default())?;
+        log.stage("container net (locked)", t);
+    }
+    let t = Instant::now();
+    if let Some(id) = ids
+        .uts_ns_id
+        .filter(|id| dir.has(&crate::uts::image_name(*id)))
+    {
+        crate::uts::restore_uts(pid, dir, id)?;
+        log.stage("container uts", t);
+    }
+    let t = Instant::now();
+    if let Some(id) = ids
+        .ipc_ns_id
+        .filter(|id| dir.has(&crate::ipc::image_names(*id)[0]))
+    {
+        crate::ipc::restore_ipc(pid, dir, id)?;
+        log.stage("container ipc", t);
+    }
+    let t = Instant::now();
+    if let Some(id) = ids
+        .mnt_ns_id
+        .filter(|id| dir.has(&crate::mounts::image_name(*id)))
+    {
+        let n = refill_tmpfs(pid, dir, id, log)?;
+        log.stage(&format!("container tmpfs contents ({n} mounts)"), t);
+    }
+    let t = Instant::now();
+    if opts.cgroups != CgroupMode::Ignore && dir.has(crate::cgroups::IMAGE) {
+        check_cgroup_paths(pid, dir)?;
+        let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
+        let set = inv.root_cg_set.unwrap_or(1);
+        done.cgroups = Some(crate::cgroups::restore_cgroups(
+            dir,
+            opts.cgroups,
+            &[(pid, set)],
+        )?);
+        log.stage("container cgroups", t);
+    }
+    Ok(())
+}
+
+/// The mount tree itself comes from the runtime (the bundle's config); what the config cannot
+/// give back is what the container wrote into its tmpfs mounts, extracted here from the
+/// archives through `/proc/PID/root`. `/dev` is left to the config's device list: its archive
+/// holds the device nodes the runtime has just made.
+fn refill_tmpfs(
+    pid: i32,
+    dir: &ImageDir,
+    ns_id: u32,
+    log: &mut crate::restore::Log,
+) -> Result<usize, ContainerError> {
+    let mounts: Vec<pb::MntEntry> = dir.read_entries(&crate::mounts::image_name(ns_id))?;
+    let tmpfs = crate::mounts::fstype_code("tmpfs");
+    let mut n = 0;
+    for m in mounts.iter().filter(|m| m.fstype == tmpfs && m.root == "/") {
+        let name = crate::mounts::tmpfs_image_name(m.root_dev);
+        if m.ext_mount == Some(true) || m.mountpoint == "/" || !dir.has(&name) {
+            continue;
+        }
+        if m.mountpoint == "/dev" {
+            log.line(
+                2,
+                "tmpfs /dev: devices come from the bundle's config, archive skipped",
+            );
+            continue;
+        }
+        if m.flags & libc::MS_RDONLY as u32 != 0 {
+            // Masked directories: read-only tmpfs the config mounts again, empty by design.
+            log.line(
+                2,
+                &format!("tmpfs {}: read-only, archive skipped", m.mountpoint),
+            );
+            continue;
+        }
+        let data = dir.read(&name)?;
+        let mp = PathBuf::from(&m.mountpoint);
+        // Extracted from inside the container's mount namespace: the archive's paths are
+        // resolved (and checked for escapes) against the container's tree, never the host's.
+        let r = crate::uts::enter::in_namespaces(pid, &[crate::uts::enter::Ns::Mnt], || {
+            if !is_tmpfs(&mp) {
+                return Err(ContainerError::NotSupported {
+                    stage: "tmpfs contents",
+                    what: format!(
+                        "tmpfs {} of the images is not a tmpfs mounted by the bundle's config",
+                        mp.display()
+                    ),
+                });
+            }
+            crate::mounts::tmpfs::extract(&data, &mp).map_err(|source| ContainerError::Io {
+                stage: "tmpfs contents",
+                op: "extract",
+                path: format!("{name} into {}", mp.display()),
+                source,
+            })
+        })
+        .map_err(|e| ContainerError::NotSupported {
+            stage: "tmpfs contents",
+            what: format!("entering the mount namespace of task {pid}: {e}"),
+        })?;
+        r?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Whether `path` is the root of a tmpfs (in the calling thread's mount namespace).
+fn is_tmpfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The engine's cgroup restore places tasks in the paths of the images; the runtime created the
+/// container in its config's paths. They must agree until a cgroup root remap exists.
+fn check_cgroup_paths(pid: i32, dir: &ImageDir) -> Result<(), ContainerError> {
+    let e: pb::CgroupEntry = dir.read_one(crate::cgroups::IMAGE)?;
+    let now = crate::cgroups::dump::task_cgroups(pid)?;
+    for set in &e.sets {
+        for c in &set.ctls {
+            let cur = now
+                .iter()
+                .find(|(n, _)| crate::cgroups::norm(n) == crate::cgroups::norm(&c.name));
+            if let Some((_, p)) = cur {
+                if p != &c.path {
+                    return Err(ContainerError::NotSupported {
+                        stage: "cgroups",
+                        what: format!(
+                            "restoring into cgroup {p} ({}) when the images were taken in {} \
+                             (cgroup root remap)",
+                            c.name, c.path
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        std::env::var_os("FERRY_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/criu-4.2")
+            })
+            .join("runc-busybox/images")
+    }
+
+    #[test]
+    fn root_namespace_ids_of_runc_criu_images() {
+        let dir = ImageDir::open(fixture()).expect("the runc-busybox fixture");
+        let ids = image_ns_ids(&dir).unwrap();
+        // CRIU 4.2 numbered runc's container namespaces after its own, as the fixture's
+        // image names show: ipcns-var-11, utsns-12, mountpoints-13.
+        assert_eq!(ids.ipc_ns_id, Some(11));
+        assert_eq!(ids.uts_ns_id, Some(12));
+        assert_eq!(ids.mnt_ns_id, Some(13));
+        assert!(dir.has(&crate::uts::image_name(12)));
+        assert!(dir.has(&crate::mounts::image_name(13)));
+    }
+
+    #[test]
+    fn own_namespaces_of_this_process_are_none() {
+        let d = tempfile::tempdir().unwrap();
+        let ids = ns_ids(std::process::id() as i32, d.path()).unwrap();
+        assert!(ids.uts.is_none() && ids.ipc.is_none() && ids.mnt.is_none() && ids.net.is_none());
+    }
+}

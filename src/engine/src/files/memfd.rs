@@ -1,0 +1,255 @@
+//! memfd files (MEMFD entries + memfd.img inodes, content in pagemap-shmem-N.img).
+//!
+//! Kernel mechanism: memfd_create gives an unlinked shmem file named `/memfd:NAME (deleted)`;
+//! several descriptions and mappings can share its inode. A restore makes one memfd per
+//! inode, fills it from its shmem pagemap, and opens every description and mapping on it. The
+//! dump reads the content through a fresh open of /proc/PID/fd/N (SEEK_DATA/SEEK_HOLE skip
+//! holes) into pagemap-shmem-INO.img and a pages file of its own, as CRIU lays them out; seals
+//! come from F_GET_SEALS. Seals beyond F_SEAL_SEAL are refused at restore (the memfd the memory
+//! code makes is not sealable); memfd mappings are refused by the memory dump.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use ferry_images::{pb, ImageDir};
+
+use super::dump::{Fd, FileTable, FilesError};
+use super::restore::{img, Opened, Prep, RestoreError};
+
+// ---- dump ----
+
+/// A memfd inode seen in the dump: its memfd.img entry and content as (offset, bytes) runs of
+/// whole pages (holes stay holes).
+#[derive(Debug, Clone)]
+pub struct MemfdInode {
+    /// The entry.
+    pub entry: pb::MemfdInodeEntry,
+    /// Page-aligned runs of content.
+    pub runs: Vec<(u64, Vec<u8>)>,
+}
+
+const PAGE: u64 = 4096;
+
+/// The MEMFD entry of an fd; the inode's content is read the first time it is seen.
+pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
+    let ino = fd.md.ino();
+    let inode_id = match t.memfds.iter().find(|m| m.entry.shmid as u64 == ino) {
+        Some(m) => m.entry.inode_id as u32,
+        None => {
+            let m = read_inode(fd, t.memfds.len() as u64 + 1)?;
+            let id = m.entry.inode_id as u32;
+            t.memfds.push(m);
+            id
+        }
+    };
+    let id = t.next_id();
+    Ok(pb::FileEntry {
+        r#type: pb::FdTypes::Memfd as i32,
+        id,
+        memfd: Some(pb::MemfdFileEntry {
+            id,
+            flags: fd.flags,
+            pos: fd.pos,
+            fown: fd.fown,
+            inode_id,
+        }),
+        ..Default::default()
+    })
+}
+
+fn read_inode(fd: &Fd, inode_id: u64) -> Result<MemfdInode, FilesError> {
+    let name = fd
+        .target
+        .strip_prefix("/memfd:")
+        .unwrap_or(&fd.target)
+        .trim_end_matches(" (deleted)")
+        .to_string();
+    let f = File::open(&fd.link).map_err(fd.proc_err(&fd.link))?;
+    let raw = f.as_raw_fd();
+    // SAFETY: F_GET_SEALS on an fd we own.
+    let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) }.max(0) as u32;
+    if fd.md.blocks() > 0 && fd.md.blksize() > PAGE {
+        return Err(fd.state("memfd", "hugetlb memfds are not supported"));
+    }
+    let size = fd.md.size();
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        // SAFETY: lseek on an fd we own.
+        let data = unsafe { libc::lseek(raw, pos as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data past pos
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(raw, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(fd.proc_err(&fd.link)(std::io::Error::last_os_error()));
+        }
+        let start = data as u64 & !(PAGE - 1);
+        let end = (hole as u64).div_ceil(PAGE) * PAGE;
+        let mut buf = vec![0u8; (end - start) as usize];
+        let valid = (size.min(end) - start) as usize;
+        f.read_exact_at(&mut buf[..valid], start)
+            .map_err(fd.proc_err(&fd.link))?;
+        runs.push((start, buf));
+        pos = end;
+    }
+    Ok(MemfdInode {
+        entry: pb::MemfdInodeEntry {
+            name,
+            uid: fd.md.uid(),
+            gid: fd.md.gid(),
+            size,
+            shmid: fd.md.ino() as u32,
+            seals,
+            inode_id,
+            hugetlb_flag: None,
+            mode: Some(fd.md.mode()),
+        },
+        runs,
+    })
+}
+
+/// Writes memfd.img and, per inode, pagemap-shmem-SHMID.img with its own pages-N.img.
+pub fn write(
+    dir: &ImageDir,
+    inodes: &[MemfdInode],
+    next_pages_id: &mut u32,
+) -> Result<(), FilesError> {
+    if inodes.is_empty() {
+        return Ok(());
+    }
+    let werr = |image: String| move |source| FilesError::Write { image, source };
+    let entries: Vec<pb::MemfdInodeEntry> = inodes.iter().map(|m| m.entry.clone()).collect();
+    dir.write_entries("memfd.img", &entries)
+        .map_err(werr("memfd.img".into()))?;
+    for m in inodes {
+        let pages_id = *next_pages_id;
+        *next_pages_id += 1;
+        let mut pm = vec![];
+        let mut pages = Vec::new();
+        for (off, bytes) in &m.runs {
+            pm.push(pb::PagemapEntry {
+                vaddr: *off,
+                compat_nr_pages: Some(0),
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(bytes.len() as u64 / PAGE),
+            });
+            pages.extend_from_slice(bytes);
+        }
+        let pname = format!("pages-{pages_id}.img");
+        dir.write_raw(&pname, &pages).map_err(werr(pname.clone()))?;
+        let name = format!("pagemap-shmem-{}.img", m.entry.shmid);
+        let mut w = dir.writer(&name).map_err(werr(name.clone()))?;
+        let fr = |e: ferry_images::FrameError| FilesError::Write {
+            image: name.clone(),
+            source: e.into(),
+        };
+        w.write_entry(&pb::PagemapHead { pages_id }).map_err(fr)?;
+        for e in &pm {
+            w.write_entry(e).map_err(fr)?;
+        }
+        let f = w.finish().map_err(fr)?;
+        f.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(|source| FilesError::Write {
+                image: name.clone(),
+                source: ferry_images::dir::DirError::Io {
+                    path: name.clone(),
+                    op: "flush",
+                    source,
+                },
+            })?;
+    }
+    Ok(())
+}
+
+/// CRIU's PE_PRESENT pagemap flag.
+const PE_PRESENT: u32 = 1 << 2;
+
+// ---- restore ----
+
+/// memfd.img by inode id.
+#[derive(Debug, Default)]
+pub struct Inodes(BTreeMap<u64, pb::MemfdInodeEntry>);
+
+impl Inodes {
+    /// Reads memfd.img, if the images have one.
+    pub fn load(dir: &ImageDir) -> Result<Inodes, RestoreError> {
+        if !dir.has("memfd.img") {
+            return Ok(Inodes::default());
+        }
+        let v: Vec<pb::MemfdInodeEntry> =
+            dir.read_entries("memfd.img").map_err(img("memfd.img"))?;
+        Ok(Inodes(v.into_iter().map(|m| (m.inode_id, m)).collect()))
+    }
+
+    /// One memfd per inode, shared by every fd and mapping of it (a new fd on the same file).
+    pub fn get(
+        &self,
+        dir: &ImageDir,
+        inode: u32,
+        out: &mut Opened,
+    ) -> Result<OwnedFd, RestoreError> {
+        let inode = u64::from(inode);
+        let key = u64::MAX - inode;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|e| RestoreError::Sys {
+                op: "dup",
+                path: format!("memfd inode {inode}"),
+                source: e,
+            })
+        };
+        if let Some(fd) = out.shmem.get(&key) {
+            return dup(fd);
+        }
+        let m = self.0.get(&inode).ok_or_else(|| RestoreError::NoFile {
+            what: "memfd.img inode".into(),
+            id: inode as u32,
+        })?;
+        let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name)
+            .map_err(|e| RestoreError::Image {
+                what: format!("memfd {}", m.name),
+                source: Box::new(e),
+            })?;
+        if m.seals & !(libc::F_SEAL_SEAL as u32) != 0 {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                fd: 0,
+                what: format!("memfd {} with seals {:#x}", m.name, m.seals),
+            });
+        }
+        let fd: OwnedFd = f.into();
+        out.shmem.insert(key, dup(&fd)?);
+        Ok(fd)
+    }
+}
+
+/// The description of a MEMFD entry: a new open of the inode's memfd with the entry's flags
+/// and position (each entry is its own description, like an open of /proc/self/fd/N).
+pub fn open(p: &mut Prep, m: &pb::MemfdFileEntry) -> Result<OwnedFd, RestoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let base = p.memfds.get(p.dir, m.inode_id, &mut p.out)?;
+    let flags = m.flags as i32;
+    let acc = flags & libc::O_ACCMODE;
+    let what = format!("memfd inode {}", m.inode_id);
+    let f = std::fs::OpenOptions::new()
+        .read(acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(libc::O_CLOEXEC | (flags & (libc::O_APPEND | libc::O_NONBLOCK)))
+        .open(format!("/proc/self/fd/{}", base.as_raw_fd()))
+        .map_err(|e| RestoreError::Sys {
+            op: "open",
+            path: what.clone(),
+            source: e,
+        })?;
+    // SAFETY: lseek on an fd we own.
+    if unsafe { libc::lseek(f.as_raw_fd(), m.pos as i64, libc::SEEK_SET) } < 0 {
+        return Err(super::restore::sys("lseek", &what));
+    }
+    Ok(f.into())
+}

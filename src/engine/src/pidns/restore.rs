@@ -1,0 +1,159 @@
+//! Restore half: the tree's own pid namespace.
+//!
+//! [`NsMode::NewNs`]: ferry, on the host, forks the root with `clone3(CLONE_NEWPID)`; the root
+//! is PID 1 of the new namespace and forks its children with their namespace pids. The
+//! coordinator keeps working with host pids: each task records the pid /proc shows for it
+//! (`/proc/self`, resolved in the namespace /proc was mounted in), and once every thread exists
+//! [`host_tids`] reads `NSpid` to find the host tid of each namespace tid for the ptrace stage.
+
+use std::collections::HashMap;
+
+use super::PidNsError;
+
+/// Where the tree's pids live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsMode {
+    /// ferry's own pid namespace: the images' pids are host pids.
+    Host,
+    /// A new pid namespace made by ferry, the root forked as its PID 1.
+    NewNs,
+    /// The calling process is PID 1 of a fresh pid namespace and becomes the root.
+    InPlace,
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks the init of a new pid namespace (like fork(): 0 in the child, which is PID 1 there;
+/// the host pid in the parent).
+pub fn fork_ns_init() -> Result<u32, PidNsError> {
+    let args = CloneArgs {
+        flags: libc::CLONE_NEWPID as u64,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork(); the restore
+    // coordinator is single-threaded, so the child's copy of every lock is consistent.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(PidNsError::Clone(std::io::Error::last_os_error()));
+    }
+    Ok(r as u32)
+}
+
+/// The calling process's pid as /proc shows it (the coordinator's view), `getpid()` if /proc
+/// cannot tell.
+pub fn proc_self_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// Namespace tid -> /proc (host) tid for every thread of the task /proc shows as `pid`.
+pub fn host_tids(pid: u32, out: &mut HashMap<u32, u32>) -> Result<(), PidNsError> {
+    let dir = format!("/proc/{pid}/task");
+    let rd = std::fs::read_dir(&dir).map_err(|source| PidNsError::Proc {
+        pid: pid as i32,
+        path: dir.clone(),
+        source,
+    })?;
+    for e in rd.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let path = format!("{dir}/{tid}/status");
+        let text = std::fs::read_to_string(&path).map_err(|source| PidNsError::Proc {
+            pid: pid as i32,
+            path: path.clone(),
+            source,
+        })?;
+        let ns = text
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last()?.parse::<u32>().ok())
+            .ok_or(PidNsError::NoField {
+                pid: pid as i32,
+                path,
+                field: "NSpid",
+            })?;
+        out.insert(ns, tid);
+    }
+    Ok(())
+}
+
+/// Which namespace the tree of images whose root is `root_pid` goes to: a root with pid 1 was
+/// the init of its own pid namespace; `in_place` asks for the caller's namespace.
+pub fn mode(root_pid: u32, in_place: bool) -> Result<NsMode, PidNsError> {
+    match (root_pid, in_place) {
+        (1, false) => Ok(NsMode::NewNs),
+        (1, true) => {
+            // SAFETY: getpid has no arguments.
+            let me = unsafe { libc::getpid() };
+            if me != 1 {
+                return Err(PidNsError::Unsupported {
+                    pid: me,
+                    what:
+                        "an in-place restore from a process that is not PID 1 of its pid namespace"
+                            .into(),
+                });
+            }
+            Ok(NsMode::InPlace)
+        }
+        (p, true) => Err(PidNsError::Unsupported {
+            pid: p as i32,
+            what: "an in-place restore of a tree whose root was not a pid namespace init".into(),
+        }),
+        _ => Ok(NsMode::Host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_from_root_pid() {
+        assert_eq!(mode(1, false).unwrap(), NsMode::NewNs);
+        assert_eq!(mode(4242, false).unwrap(), NsMode::Host);
+        let e = mode(4242, true).unwrap_err().to_string();
+        assert!(e.contains("root was not a pid namespace init"), "{e}");
+        // The test process is not PID 1 of its namespace.
+        let e = mode(1, true).unwrap_err().to_string();
+        assert!(e.contains("not PID 1"), "{e}");
+    }
+
+    #[test]
+    fn own_tids_map_to_themselves() {
+        let me = proc_self_pid();
+        let mut m = HashMap::new();
+        host_tids(me, &mut m).unwrap();
+        assert_eq!(m.get(&me), Some(&me));
+    }
+}

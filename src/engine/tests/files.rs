@@ -1,0 +1,423 @@
+//! fd kinds across checkpoints, zdtm style: a C workload per family prepares its fds, says
+//! "ready", is dumped and restored twice in a row (dump → restore → dump → restore) by
+//! `ferry-criu`, then is told (SIGUSR1) to verify everything from the inside and writes PASS or
+//! what failed. Between the cycles the test also compares each task's fd table and fdinfo (what
+//! stays the same across a checkpoint: targets, positions, flags, counts, masks, epoll targets)
+//! and checks the images decode with Debian's crit. Plus the CRIU 4.2 `files` fixture restored
+//! by ferry, and a kind ferry refuses (io_uring) failing the dump while the tree runs on.
+
+mod restore_common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use restore_common::*;
+
+/// Builds tests/workloads/NAME.c with `gcc -static` into a file named by the source's hash, under
+/// an flock: concurrent tests (nextest runs each in its own process) build each version once,
+/// and a binary a running workload executes is never replaced (a replaced executable would
+/// show as deleted and its mappings could not be dumped).
+fn workload(name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ferry-files-workloads");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(format!("{name}.c"));
+    let text = std::fs::read(&src).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let out = dir.join(format!("{name}-{:016x}", h.finish()));
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    // SAFETY: flock on a file we own; released when `lock` is dropped.
+    let locked = unsafe { libc::flock(raw, libc::LOCK_EX) };
+    assert_eq!(locked, 0);
+    if !out.exists() {
+        let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
+        let st = Command::new("gcc")
+            .args(["-O1", "-static", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("run gcc");
+        assert!(st.success(), "gcc {name}.c failed: {st}");
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// Starts a workload as a session leader with /dev/null stdio and waits for DIR/ready.
+fn start(bin: &Path, args: &[&Path], ready: Option<&Path>) -> u32 {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the child between fork and exec touches no shared state.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = c.spawn().expect("start workload");
+    let pid = child.id();
+    std::mem::forget(child); // reaped by pid (Killer)
+    if let Some(r) = ready {
+        let t = Instant::now();
+        while !r.exists() {
+            assert!(
+                exists(pid),
+                "workload {} died while preparing",
+                bin.display()
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "workload never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    pid
+}
+
+/// The child pid a workload wrote into DIR/ready (`child=PID`).
+fn child_of(ready: &Path) -> u32 {
+    std::fs::read_to_string(ready)
+        .unwrap()
+        .trim()
+        .strip_prefix("child=")
+        .and_then(|p| p.parse().ok())
+        .expect("child=PID in the ready file")
+}
+
+fn dump(pid: u32, dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(dir)
+        .args(["-v4", "-o", "dump.log"])
+        .args(extra)
+        .output()
+        .expect("run ferry-criu dump")
+}
+
+fn wait_gone(pids: &[u32]) {
+    let start = Instant::now();
+    while pids.iter().any(|&p| exists(p)) {
+        for &p in pids {
+            let mut st = 0;
+            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
+            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dumped tree {pids:?} did not go away"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What must survive a checkpoint of each fd: the link target (pipe/anon inode numbers
+/// dropped) and the fdinfo lines that describe the description's state (mount ids, inode
+/// numbers, eventfd ids and the running timers' time left and ticks change by nature).
+fn fd_view(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    for fd in fds {
+        let t = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let t = if t.starts_with("pipe:[") {
+            "pipe".into()
+        } else {
+            t
+        };
+        out.push(format!("{fd} -> {t}"));
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        // epoll lists its targets in the order of kernel addresses: compare them as a set.
+        let mut lines: Vec<&str> = info.lines().collect();
+        lines.sort_by_key(|l| {
+            (
+                l.starts_with("tfd:"),
+                if l.starts_with("tfd:") { *l } else { "" },
+            )
+        });
+        for l in lines {
+            let k = l.split(':').next().unwrap_or("");
+            if ["mnt_id", "ino", "eventfd-id", "it_value", "ticks"].contains(&k) {
+                continue;
+            }
+            let mut w: Vec<&str> = l.split_whitespace().collect();
+            if k == "lock" && w.len() > 1 {
+                w.remove(1); // the lock's number in /proc/locks changes
+            }
+            out.push(format!("  {fd} {}", w.join(" ")));
+        }
+    }
+    out
+}
+
+/// Every image of a dump decodes with Debian's crit.
+fn crit_decodes(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !n.ends_with(".img") || n.starts_with("pages-") {
+            continue;
+        }
+        let out = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .expect("crit (Debian's criu package)");
+        assert!(
+            out.status.success(),
+            "crit decode {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Two dump/restore cycles, comparing each task's fd view; then SIGUSR1 and the workload's
+/// own verdict from DIR/result.
+fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str], extra: &[&str]) {
+    for round in 0..2 {
+        let before: Vec<Vec<String>> = pids.iter().map(|&p| fd_view(p)).collect();
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(pids[0], d.path(), extra);
+        assert!(
+            out.status.success(),
+            "round {round}: dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crit_decodes(d.path());
+        for img in must_have {
+            assert!(d.path().join(img).exists(), "round {round}: no {img}");
+        }
+        wait_gone(pids);
+        let out = restore(d.path(), &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: restore failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_of(d.path())
+        );
+        for (i, &p) in pids.iter().enumerate() {
+            assert_runs(p);
+            assert_eq!(fd_view(p), before[i], "round {round}: fds of task {p}");
+        }
+    }
+    // SAFETY: a signal by pid to the task this test restored.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGUSR1) };
+    let res = work.join("result");
+    let t = Instant::now();
+    while !res.exists() {
+        assert!(exists(pids[0]), "workload died while verifying");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no verdict from the workload"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+}
+
+#[test]
+fn files_anon_eventfd_epoll_signalfd_timerfd_memfd_inotify_fanotify_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_anon");
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let pid = start(&bin, &[work.path()], Some(&ready));
+    let child = child_of(&ready);
+    let _k = Killer(vec![pid, child]);
+    two_cycles_then_verify(&[pid, child], work.path(), &["files.img", "memfd.img"], &[]);
+}
+
+#[test]
+fn files_reg_ghost_dir_opath_pipe_fifo_pidfd_fown_two_tasks_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_reg");
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let pid = start(&bin, &[work.path()], Some(&ready));
+    let child = child_of(&ready);
+    let _k = Killer(vec![pid, child]);
+    two_cycles_then_verify(
+        &[pid, child],
+        work.path(),
+        &[
+            "ghost-file-1.img",
+            "remap-fpath.img",
+            "pipes-data.img",
+            "fifo-data.img",
+        ],
+        &[],
+    );
+    // The ghost's name went again after each restore.
+    assert!(!work.path().join("gone").exists());
+}
+
+#[test]
+fn files_locks_flock_posix_ofd_two_tasks_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_locks");
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let pid = start(&bin, &[work.path()], Some(&ready));
+    let child = child_of(&ready);
+    let _k = Killer(vec![pid, child]);
+    // Without --file-locks the dump refuses, naming the lock, and the tree runs on.
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path(), &[]);
+    assert!(
+        !out.status.success(),
+        "dump of a lock holder without --file-locks succeeded"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--file-locks"));
+    assert_runs(pid);
+    two_cycles_then_verify(
+        &[pid, child],
+        work.path(),
+        &["file-locks.img"],
+        &["--file-locks"],
+    );
+}
+
+#[test]
+fn files_pty_pair_controlling_terminal_termios_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty");
+    let work = tempfile::tempdir().unwrap();
+    let pid = start(&bin, &[work.path()], Some(&work.path().join("ready")));
+    let _k = Killer(vec![pid]);
+    two_cycles_then_verify(&[pid], work.path(), &["tty-info.img"], &[]);
+}
+
+/// An unlinked file above the ghost limit is a clear dump error (pid, fd, size, limit) and the
+/// tree runs on untouched.
+#[test]
+fn files_ghost_above_the_limit_fails_the_dump_and_the_tree_runs_on() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_reg");
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let pid = start(&bin, &[work.path()], Some(&ready));
+    let child = child_of(&ready);
+    let _k = Killer(vec![pid, child]);
+    let before = fd_view(pid);
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path(), &["--ghost-limit", "50"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump past the ghost limit succeeded");
+    assert!(
+        err.contains(&format!("task {pid}: fd 7: unlinked file"))
+            && err.contains("100 bytes")
+            && err.contains("ghost limit of 50 bytes"),
+        "{err}"
+    );
+    assert_runs(pid);
+    assert_eq!(fd_view(pid), before);
+}
+
+#[test]
+fn files_unsupported_kind_fails_the_dump_and_the_tree_runs_on() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_unsup");
+    let pid = start(&bin, &[], None);
+    let _k = Killer(vec![pid]);
+    std::thread::sleep(Duration::from_millis(200));
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "dump of an io_uring holder succeeded"
+    );
+    assert!(
+        err.contains(&format!("task {pid}")) && err.contains("fd 3") && err.contains("io_uring"),
+        "error does not name pid, fd and kind: {err}"
+    );
+    assert_runs(pid);
+}
+
+/// The CRIU 4.2 `files` fixture (REG with pos and O_APPEND, EVENTFD, EVENTPOLL, a UNIX
+/// socketpair with queued data, MEMFD, a ghost file) restored by ferry, checked from /proc.
+#[test]
+fn files_criu_fixture_restores() {
+    let _g = lock();
+    setup();
+    let host = Path::new(FIXTURES).join("files/host-files");
+    for f in ["data.txt", "append.log"] {
+        let dst = Path::new("/tmp/ferry-fixture").join(f);
+        let _ = std::fs::remove_file(&dst);
+        std::fs::copy(host.join(f), &dst).unwrap();
+        // The images recorded mode 0644 (the fixture's copies are read-only).
+        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    let pid = 9057;
+    let d = fixture("files");
+    let _k = Killer(vec![pid]);
+    let out = restore(d.path(), &[]);
+    assert!(
+        out.status.success(),
+        "restore of the files fixture failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_of(d.path())
+    );
+    assert_runs(pid);
+    let link = |fd: u32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let info = |fd: u32| std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let field = |fd: u32, k: &str| {
+        info(fd)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(k)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(link(3), "/tmp/ferry-fixture/data.txt");
+    assert_eq!(field(3, "pos"), "123");
+    assert_eq!(link(4), "/tmp/ferry-fixture/append.log");
+    assert_eq!(
+        (field(4, "pos"), field(4, "flags")),
+        ("41".into(), "0102001".into())
+    );
+    assert_eq!(link(6), "anon_inode:[eventfd]");
+    assert_eq!(
+        u64::from_str_radix(&field(6, "eventfd-count"), 16).unwrap(),
+        7
+    );
+    assert!(info(7).contains("tfd:        6 events:       19 data:         feed0006"));
+    assert!(link(8).starts_with("socket:") && link(9).starts_with("socket:"));
+    assert!(link(10).starts_with("/memfd:ferry-memfd"));
+    let mem = std::fs::read(format!("/proc/{pid}/fd/10")).unwrap();
+    assert!(mem.starts_with(b"ferry memfd content: 0123456789abcdef"));
+    assert_eq!(link(11), "/tmp/ferry-fixture/unlinked.tmp (deleted)");
+    assert_eq!(field(11, "pos"), "100");
+    let ghost = std::fs::read(format!("/proc/{pid}/fd/11")).unwrap();
+    assert_eq!(ghost.len(), 100);
+    assert!(ghost.starts_with(b"ABCDEFGHIJKLMNOPQRSTUVWX\n"));
+}

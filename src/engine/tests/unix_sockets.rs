@@ -1,0 +1,492 @@
+//! Unix sockets through ferry's dump and restore, zdtm style: tests/workloads/unix_sk.c sets its
+//! sockets up, says ready, is dumped and restored twice in a row, and then checks from the
+//! inside (data intact and in order both ways, peers connected, names bound, listeners
+//! accepting, shutdown state, shared descriptions) and writes PASS or what failed.
+//! Cases ferry refuses must fail the dump with a clear error and leave the tree running.
+
+mod restore_common;
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use restore_common::{exists, kill_all, log_of, restore};
+
+/// Builds the workload once per source version, under a file lock (nextest runs test
+/// processes in parallel).
+fn workload_bin() -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/unix_sk.c");
+    let text = std::fs::read(&src).unwrap();
+    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join(format!("ferry-unix-sk-{hash:016x}"));
+    let lock = std::fs::File::create(dir.join("ferry-unix-sk.lock")).unwrap();
+    // SAFETY: flock on a file we hold open; released when it is closed.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    if !out.exists() {
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        let st = Command::new("gcc")
+            .args(["-O1", "-static", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("run gcc");
+        assert!(st.success(), "gcc unix_sk.c failed: {st}");
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// A running workload tree; killed by pid and its directory removed on drop.
+struct Workload {
+    pid: u32,
+    dir: tempfile::TempDir,
+    pids: Vec<u32>,
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(c.split_whitespace().filter_map(|s| s.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
+impl Workload {
+    fn start(mode: &str) -> Workload {
+        let dir = tempfile::Builder::new()
+            .prefix("fus")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Workload::start_in(mode, dir)
+    }
+
+    fn start_in(mode: &str, dir: tempfile::TempDir) -> Workload {
+        // SAFETY: prctl with integer arguments: restored trees become ours to reap.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let mut c = Command::new(workload_bin());
+        c.args([mode]).arg(dir.path());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid between fork and exec touches no shared state.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("start unix_sk");
+        let pid = child.id();
+        std::mem::forget(child); // reaped by pid
+        let mut w = Workload {
+            pid,
+            dir,
+            pids: vec![pid],
+        };
+        let start = Instant::now();
+        while !w.dir.path().join("ready").exists() {
+            if let Ok(r) = std::fs::read_to_string(w.dir.path().join("result")) {
+                panic!("workload {mode} failed while preparing: {r}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "workload {mode} never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.pids = children(pid);
+        w
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends the go signal and waits for the workload's own verdict.
+    fn verify(&self) {
+        // SAFETY: a signal to the workload we started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGUSR1) };
+        let res = self.path().join("result");
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = std::fs::read_to_string(&res) {
+                let child = std::fs::read_to_string(self.path().join("child-result"));
+                assert_eq!(r, "PASS", "workload verdict (child: {child:?})");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no verdict from the workload"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let start = Instant::now();
+        while self.pids.iter().any(|&p| exists(p) && !zombie(p)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "workload did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        kill_all(&self.pids);
+    }
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn dump(pid: u32, dir: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(dir)
+        .args(["-v4", "-o", "dump.log"])
+        .args(extra)
+        .output()
+        .expect("run ferry-criu dump")
+}
+
+fn wait_gone(pids: &[u32]) {
+    let start = Instant::now();
+    while pids.iter().any(|&p| exists(p)) {
+        for &p in pids {
+            let mut st = 0;
+            // SAFETY: reaps our (subreaper) child by pid; harmless otherwise.
+            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dumped tree {pids:?} stays"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `crit decode` (Debian's) must read the image; returns its JSON.
+fn crit(dir: &Path, img: &str) -> String {
+    let out = Command::new("/usr/bin/crit")
+        .args(["decode", "-i"])
+        .arg(dir.join(img))
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit decode {img}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two dump/restore rounds; `check` looks at each image directory.
+fn two_rounds(w: &Workload, extra: &[&str], check: &dyn Fn(&Path)) {
+    for round in 0..2 {
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(w.pid, d.path(), extra);
+        assert!(
+            out.status.success(),
+            "round {round}: dump failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(d.path().join("dump.log")).unwrap_or_default()
+        );
+        check(d.path());
+        wait_gone(&w.pids);
+        let out = restore(d.path(), &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: restore failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_of(d.path())
+        );
+        for &p in &w.pids {
+            assert!(exists(p), "round {round}: pid {p} not restored");
+        }
+    }
+}
+
+fn no_check(_: &Path) {}
+
+#[test]
+fn socketpairs_of_every_type_in_one_task() {
+    let w = Workload::start("pair");
+    two_rounds(&w, &[], &|d| {
+        let files = crit(d, "files.img");
+        assert_eq!(files.matches("\"UNIXSK\"").count(), 8, "{files}");
+        let q = crit(d, "sk-queues.img");
+        // 3 + 2 datagrams for each of dgram and seqpacket, one stream queue per direction,
+        // and the big stream queue.
+        assert_eq!(q.matches("\"id_for\"").count(), 13, "{q}");
+    });
+    w.verify();
+}
+
+#[test]
+fn socketpairs_split_between_parent_and_child() {
+    let w = Workload::start("tree");
+    assert_eq!(w.pids.len(), 2, "parent and child");
+    two_rounds(&w, &[], &no_check);
+    w.verify();
+}
+
+#[test]
+fn named_listening_and_pending_sockets() {
+    let w = Workload::start("named");
+    two_rounds(&w, &[], &|d| {
+        let files = crit(d, "files.img");
+        assert!(files.contains("listen.sock"), "{files}");
+    });
+    w.verify();
+}
+
+#[test]
+fn servers_blocked_in_recv_and_accept() {
+    let w = Workload::start("blocked");
+    assert_eq!(w.pids.len(), 2, "parent and child");
+    two_rounds(&w, &[], &no_check);
+    w.verify();
+}
+
+#[test]
+fn unlinked_bound_names() {
+    let w = Workload::start("unlinked");
+    two_rounds(&w, &[], &|d| {
+        let files = crit(d, "files.img");
+        assert!(files.contains("\"deleted\": true"), "{files}");
+    });
+    w.verify();
+}
+
+#[test]
+fn shutdown_state_and_closed_peers() {
+    let w = Workload::start("shutdown");
+    two_rounds(&w, &[], &|d| {
+        let files = crit(d, "files.img");
+        assert!(files.contains("\"shutdown\""), "{files}");
+    });
+    w.verify();
+}
+
+/// A bound socket of the test itself (outside the tree), removed on drop.
+struct Outside {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Outside {
+    fn new(path: PathBuf, ty: i32) -> Outside {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is fresh and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero sockaddr_un is valid.
+        let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        a.sun_family = libc::AF_UNIX as u16;
+        for (d, s) in a.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+            *d = s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        // SAFETY: binding our socket to a valid address.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+        assert_eq!(r, 0, "bind {}", path.display());
+        if ty == libc::SOCK_STREAM {
+            // SAFETY: listen on our socket.
+            assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 4) }, 0);
+        }
+        Outside { fd, path }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts the workload of `mode`, which connects to socket `name` of the test in its directory.
+fn start_ext(mode: &str, name: &str, ty: i32) -> (Outside, Workload) {
+    let dir = tempfile::Builder::new()
+        .prefix("fus")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let o = Outside::new(dir.path().join(name), ty);
+    (o, Workload::start_in(mode, dir))
+}
+
+fn expect_refused(w: &Workload, extra: &[&str], what: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(w.pid, d.path(), extra);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "dump should fail");
+    for w in what {
+        assert!(err.contains(w), "error {err:?} should name {w:?}");
+    }
+    assert!(
+        err.contains(&format!("task {}", w.pid)),
+        "error names the task: {err}"
+    );
+    for &p in &w.pids {
+        assert!(
+            exists(p) && !zombie(p),
+            "pid {p} must keep running after a refused dump"
+        );
+    }
+}
+
+#[test]
+fn stream_peer_outside_the_tree_is_refused() {
+    let (o, w) = start_ext("ext-stream", "ext-stream.sock", libc::SOCK_STREAM);
+    expect_refused(
+        &w,
+        &[],
+        &["fd 3", "outside the dumped tree", "--ext-unix-sk"],
+    );
+    expect_refused(&w, &["--ext-unix-sk"], &["fd 3", "outside the dumped tree"]);
+    w.verify();
+    drop(o);
+}
+
+#[test]
+fn datagram_peer_outside_the_tree_with_ext_unix_sk() {
+    let (o, w) = start_ext("ext-dgram", "ext-dgram.sock", libc::SOCK_DGRAM);
+    expect_refused(&w, &[], &["fd 3", "outside the dumped tree"]);
+    two_rounds(&w, &["--ext-unix-sk"], &|d| {
+        let files = crit(d, "files.img");
+        assert!(files.contains("ext-dgram.sock"), "{files}");
+    });
+    w.verify();
+    let mut f = std::fs::File::from(o.fd.try_clone().unwrap());
+    let mut b = [0u8; 32];
+    // SAFETY: F_SETFL on our socket.
+    unsafe { libc::fcntl(o.fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let n = f
+        .read(&mut b)
+        .expect("the restored tree's datagram reaches the outside socket");
+    assert_eq!(&b[..n], b"from-inside");
+}
+
+#[test]
+fn out_of_band_bytes_are_refused_and_kept() {
+    let w = Workload::start("oob");
+    expect_refused(&w, &[], &["fd 4", "MSG_OOB", "unix socket inode"]);
+    w.verify();
+}
+
+#[test]
+fn fds_in_flight_are_refused_and_kept() {
+    let w = Workload::start("rights");
+    expect_refused(&w, &[], &["fd 4", "SCM_RIGHTS", "unix socket inode"]);
+    w.verify();
+}
+
+#[test]
+fn data_in_a_connection_not_accepted_yet_is_refused_and_kept() {
+    let w = Workload::start("pending-data");
+    expect_refused(&w, &[], &["fd 3", "accept queue", "task", "fd 4"]);
+    w.verify();
+}
+
+#[test]
+fn restore_refuses_a_name_taken_by_a_live_socket_then_succeeds() {
+    let w = Workload::start("named");
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(w.pid, d.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_gone(&w.pids);
+    // Someone else listens on the name now: the restore must fail cleanly.
+    // (dgram.sock is bound after listen.sock, which the failed restore must remove again.)
+    let path = w.path().join("dgram.sock");
+    std::fs::remove_file(&path).unwrap();
+    let blocker = Outside::new(path.clone(), libc::SOCK_DGRAM);
+    let out = restore(d.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "restore over a live name succeeded");
+    assert!(
+        err.contains("in use by a live socket") && err.contains("dgram.sock"),
+        "error does not say which name is taken: {err}"
+    );
+    for &p in &w.pids {
+        assert!(
+            !exists(p) || zombie(p),
+            "pid {p} left behind by a failed restore"
+        );
+    }
+    assert!(
+        !w.path().join("listen.sock").exists(),
+        "a failed restore left a socket file behind"
+    );
+    drop(blocker);
+    let out = restore(d.path(), &[]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_of(d.path())
+    );
+    w.verify();
+}
+
+/// The restore half on CRIU 4.2's own images (the `files` fixture: a stream socketpair, ids 8
+/// and 9, with "0123456789" queued for 9), rebuilt in this process: the bytes arrive at 9 and
+/// the ends are connected to each other.
+#[test]
+fn criu_fixture_socketpair_is_rebuilt_with_its_queue() {
+    use ferry_engine::files::unix::restore::Sockets;
+    let src = Path::new(restore_common::FIXTURES).join("files/images");
+    let dir = ferry_images::ImageDir::open(&src).unwrap();
+    let mut s = Sockets::default();
+    let a = s.open(&dir, 8).expect("socket id 8");
+    let b = s.open(&dir, 9).expect("socket id 9");
+    let mut buf = [0u8; 32];
+    // SAFETY: receiving into `buf` from our own socket.
+    let n = unsafe {
+        libc::recv(
+            b.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            32,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    assert_eq!(&buf[..n.max(0) as usize], b"0123456789");
+    // SAFETY: sending from a static buffer on our own socket.
+    let n = unsafe { libc::send(b.as_raw_fd(), b"x".as_ptr().cast(), 1, 0) };
+    assert_eq!(n, 1);
+    // SAFETY: as above.
+    let n = unsafe {
+        libc::recv(
+            a.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            32,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    assert_eq!(&buf[..n.max(0) as usize], b"x");
+}
