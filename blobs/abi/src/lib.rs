@@ -20,7 +20,7 @@ pub mod restorer;
 /// `Control::magic`: "FRYP" little-endian.
 pub const PARASITE_MAGIC: u32 = u32::from_le_bytes(*b"FRYP");
 /// Bumped on any incompatible change of this crate's types.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Page size the layout is built on (x86_64).
 pub const PAGE_SIZE: usize = 4096;
@@ -48,7 +48,7 @@ pub enum Command {
     DumpItimers = 3,
     /// personality, umask, dumpable, pdeath signal; result [`MiscResult`].
     DumpMisc = 4,
-    /// Per-thread state (tid, sigaltstack); result [`ThreadResult`].
+    /// Per-thread state (tid, sigaltstack, pdeath signal); result [`ThreadResult`].
     DumpThread = 5,
     /// End the session: the parasite leaves its loop and stops on `int3` so the host can cure.
     Fini = 6,
@@ -245,13 +245,14 @@ const _: () = assert!(offset_of!(StackT, size) == 16);
 pub struct ThreadResult {
     /// `gettid()`.
     pub tid: i32,
-    /// Padding, zero.
-    pub pad: u32,
+    /// `prctl(PR_GET_PDEATHSIG)` of this thread: the parent-death signal is per thread.
+    pub pdeath_sig: i32,
     /// `sigaltstack(NULL, &old)`. SS_ONSTACK is relative to the parasite's own stack, so it is
     /// never set here; the host derives it from the saved stack pointer.
     pub altstack: StackT,
 }
 const _: () = assert!(size_of::<ThreadResult>() == 32);
+const _: () = assert!(offset_of!(ThreadResult, pdeath_sig) == 4);
 const _: () = assert!(offset_of!(ThreadResult, altstack) == 8);
 
 /// Arguments of [`Command::OpenPipe`].

@@ -14,10 +14,12 @@ use core::mem::{offset_of, size_of};
 /// `RestorerArgs::magic`: "FRYR" little-endian.
 pub const RESTORER_MAGIC: u32 = u32::from_le_bytes(*b"FRYR");
 /// Bumped on any incompatible change of these types.
-pub const RESTORER_VERSION: u32 = 1;
+pub const RESTORER_VERSION: u32 = 2;
 /// Offset of a `syscall; int3` pair in the restorer blob: ferry runs the final `munmap` of the
 /// restorer range from here, under ptrace, after the task's `rt_sigreturn`.
 pub const RESTORER_SYSCALL_OFFSET: usize = 2;
+/// Size of each thread's stack slot; slots are laid out back to back, one per thread.
+pub const THREAD_STACK_SIZE: u64 = 64 << 10;
 
 /// An address range.
 #[repr(C)]
@@ -86,7 +88,8 @@ pub struct ThreadArgs {
     pub has_rseq: u32,
     /// Address of the prepared `rt_sigframe`; `rt_sigreturn` runs with `rsp = frame + 8`.
     pub frame: u64,
-    /// Top of the blob stack this thread runs on (16-byte aligned).
+    /// Top (end) of this thread's own [`THREAD_STACK_SIZE`] slot (16-byte aligned): the blob
+    /// runs on `[stack_top - THREAD_STACK_SIZE, stack_top)`, and clone3 gets exactly that slot.
     pub stack_top: u64,
     /// ARCH_SET_FS value.
     pub fs_base: u64,
@@ -111,8 +114,9 @@ pub struct ThreadArgs {
     pub sigs: u64,
     /// Number of siginfos at `sigs`.
     pub nr_sigs: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// PR_SET_PDEATHSIG value of this thread (0: none), set right before its rt_sigreturn; the
+    /// parent-death signal is a per-thread attribute.
+    pub pdeath_sig: u32,
 }
 
 /// Error codes the blob leaves in `RestorerArgs::error` (`step << 16 | errno`).
@@ -127,6 +131,7 @@ pub mod step {
     pub const ARCH_PRCTL: u32 = 8;
     pub const RSEQ: u32 = 9;
     pub const CLONE_THREAD: u32 = 10;
+    /// rt_sigreturn itself (only reached when the kernel refuses the prepared frame).
     pub const SIGRETURN: u32 = 11;
     pub const CAPSET: u32 = 12;
     pub const PDEATHSIG: u32 = 13;
@@ -168,8 +173,8 @@ pub struct RestorerArgs {
     pub task_size: u64,
     /// Non-zero: `capset` to `caps` after everything that needs privileges.
     pub has_caps: u32,
-    /// PR_SET_PDEATHSIG value set right before rt_sigreturn.
-    pub pdeath_sig: u32,
+    /// Padding, zero (the parent-death signal is per thread: [`ThreadArgs::pdeath_sig`]).
+    pub _pad: u32,
     /// effective lo/hi, permitted lo/hi, inheritable lo/hi (struct __user_cap_data_struct x2).
     pub caps: [u32; 6],
 }

@@ -227,9 +227,16 @@ fn thread() -> Result<ThreadResult, i32> {
     let mut altstack = StackT::default();
     let p: *mut StackT = &mut altstack;
     sys::check(sys::syscall2(sys::NR_SIGALTSTACK, 0, p as usize))?;
+    let mut pdeath_sig: i32 = 0;
+    let p: *mut i32 = &mut pdeath_sig;
+    sys::check(sys::syscall2(
+        sys::NR_PRCTL,
+        sys::PR_GET_PDEATHSIG,
+        p as usize,
+    ))?;
     Ok(ThreadResult {
         tid: sys::check(sys::syscall0(sys::NR_GETTID))? as i32,
-        pad: 0,
+        pdeath_sig,
         altstack,
     })
 }

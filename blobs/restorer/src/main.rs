@@ -229,18 +229,37 @@ fn restore_thread(a: &RestorerArgs, t: &ThreadArgs) -> ! {
     ok(
         a,
         step::PDEATHSIG,
-        sys::prctl(sys::PR_SET_PDEATHSIG, a.pdeath_sig as usize, 0, 0),
+        sys::prctl(sys::PR_SET_PDEATHSIG, t.pdeath_sig as usize, 0, 0),
     );
     // SAFETY: the frame was prepared by the coordinator at `t.frame`; rt_sigreturn reads it at
-    // rsp - 8 and replaces every register, so nothing after the syscall runs on success.
+    // rsp - 8 and replaces every register, so nothing after the syscall runs on success. On
+    // failure (rax = -errno; only rcx/r11 are clobbered) the thread goes back to its own stack
+    // slot and reports step SIGRETURN.
     unsafe {
         core::arch::asm!(
             "mov rsp, {sp}",
             "mov eax, 15",
             "syscall",
+            "mov rsp, r12",
+            "mov rdi, r13",
+            "mov rsi, rax",
+            "call {failed}",
             "ud2",
             sp = in(reg) t.frame + 8,
+            failed = sym sigreturn_failed,
+            in("r12") t.stack_top,
+            in("r13") a as *const RestorerArgs as usize,
             options(noreturn),
         )
     }
+}
+
+/// Reached only when the kernel refused the prepared frame.
+///
+/// # Safety
+/// `a` is the argument block the thread ran with.
+unsafe extern "C" fn sigreturn_failed(a: *const RestorerArgs, ret: isize) -> ! {
+    // SAFETY: the asm above passes the block pointer it was given.
+    let a = unsafe { &*a };
+    fail(a, step::SIGRETURN, (-ret) as i32)
 }

@@ -1,6 +1,8 @@
 //! Raw x86_64 Linux syscalls: `syscall` with the number in rax, arguments in
 //! rdi/rsi/rdx/r10/r8/r9, result (or -errno) in rax; rcx and r11 are clobbered.
 
+use ferry_blob_abi::restorer::THREAD_STACK_SIZE;
+
 const NR_CLOSE: usize = 3;
 const NR_MREMAP: usize = 25;
 const NR_MADVISE: usize = 28;
@@ -165,8 +167,9 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Clones a thread of this task with tid `tid` on the stack ending at `stack_top`; the new
-/// thread calls `thread_entry(args, t)`. Returns the parent's result (tid or -errno).
+/// Clones a thread of this task with tid `tid` on its own stack slot, the [`THREAD_STACK_SIZE`]
+/// bytes ending at `stack_top`; the new thread calls `thread_entry(args, t)`. Returns the
+/// parent's result (tid or -errno).
 pub fn clone_thread(tid: i32, stack_top: u64, args: usize, t: usize) -> isize {
     let want = tid as u64;
     let ca = CloneArgs {
@@ -176,8 +179,8 @@ pub fn clone_thread(tid: i32, stack_top: u64, args: usize, t: usize) -> isize {
         parent_tid: 0,
         exit_signal: 0,
         // clone3 takes the lowest address and the size; the child starts at stack + size.
-        stack: stack_top - 0x10000,
-        stack_size: 0x10000,
+        stack: stack_top - THREAD_STACK_SIZE,
+        stack_size: THREAD_STACK_SIZE,
         tls: 0,
         set_tid: &want as *const u64 as u64,
         set_tid_size: 1,

@@ -85,9 +85,6 @@ pub enum DumpError {
         what: &'static str,
         errno: i32,
     },
-    /// Something ferry does not dump yet.
-    #[error("task {pid}: unsupported: {what}")]
-    Unsupported { pid: i32, what: String },
     /// A task vanished from under the dump.
     #[error("task {pid} vanished during the dump")]
     Vanished { pid: i32 },
@@ -313,14 +310,6 @@ fn write_images(
     if let Some(l) = opts.ghost_limit {
         ctx.files.ghost_limit = l;
     }
-    let root = tree.tasks[0].ids;
-    if root.sid != root.pid && !opts.shell_job && !tree.tasks.iter().any(|t| t.ids.pid == root.sid)
-    {
-        return Err(DumpError::Tree(format!(
-            "task {}: its session {} is led from outside the tree; dump it with --shell-job",
-            root.pid, root.sid
-        )));
-    }
     let dir = ImageDir::open(&opts.images_dir)?;
     let mut report = DumpReport {
         tasks: tree.tasks.len(),
@@ -409,7 +398,7 @@ fn write_images(
     }
     log.stage("tree", t, "pstree, files, inventory, stats written");
     log.log(
-        2,
+        crate::log::INFO,
         &format!(
             "dump: {} pages written ({} zero pages skipped)",
             ctx.pages.written, ctx.pages.zero

@@ -295,7 +295,7 @@ fn thread_core(
     pid: i32,
     f: &ThreadFacts,
     rem: &Remote,
-    sas: pb::ThreadSasEntry,
+    tr: &ferry_inject::abi::ThreadResult,
 ) -> Result<pb::ThreadCoreEntry, DumpError> {
     let (nice, policy, prio) = sched(tid);
     let (rla, rla_len) = robust_list(tid);
@@ -306,8 +306,9 @@ fn thread_core(
         sched_policy: policy,
         sched_prio: prio,
         blk_sigset: (tid != pid).then_some(f.sigmask),
-        sas: Some(sas),
-        pdeath_sig: None,
+        sas: Some(sas(tr)),
+        // Per thread, as the kernel keeps it (CRIU's placement too).
+        pdeath_sig: (tr.pdeath_sig != 0).then_some(tr.pdeath_sig as u32),
         signals_p: sigact::dump::queue(f.pending.clone()),
         creds: Some(creds::dump::creds(pid, tid, rem.secbits)?),
         seccomp_mode: (f.seccomp.mode != 0).then_some(f.seccomp.mode as i32),
@@ -410,7 +411,7 @@ pub fn dump_task(
             thread_info: Some(info),
             tc: None,
             ids: None,
-            thread_core: Some(thread_core(tid, pid, &f, &rem, sas(&tr))?),
+            thread_core: Some(thread_core(tid, pid, &f, &rem, &tr)?),
         };
         cores.push((tid, core));
     }
@@ -486,8 +487,7 @@ pub fn dump_task(
     };
     let mut info = lf.info.clone();
     info.clear_tid_addr = lrem.tid_addr;
-    let mut lcore = thread_core(pid, pid, &lf, &lrem, sas(&lthread))?;
-    lcore.pdeath_sig = (misc.pdeath_sig != 0).then_some(misc.pdeath_sig as u32);
+    let lcore = thread_core(pid, pid, &lf, &lrem, &lthread)?;
     let core = pb::CoreEntry {
         mtype: pb::core_entry::March::X8664 as i32,
         thread_info: Some(info),

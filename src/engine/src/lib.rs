@@ -11,6 +11,7 @@ pub mod dump;
 pub mod dump_log;
 pub mod dump_task;
 pub mod freeze;
+pub mod log;
 pub mod restore;
 pub mod restore_finish;
 pub mod restore_range;

@@ -14,7 +14,6 @@
 //! subreaper during the restore, so it reaps them all) and names the task and the stage.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,8 +30,8 @@ use crate::restore_verify::Verifier;
 use crate::stage::{Ctl, Stage};
 use crate::{creds, files, fs, restore_finish as fin, restorer};
 
-/// Stack of each restorer thread.
-pub const STACK_SIZE: u64 = 64 << 10;
+/// Stack slot of each restorer thread (the blob's clone3 uses the same size).
+pub const STACK_SIZE: u64 = ferry_blob_abi::restorer::THREAD_STACK_SIZE;
 
 /// Errors of a restore, naming the stage and the task.
 #[derive(Debug, Error)]
@@ -81,13 +80,11 @@ pub(crate) fn stage_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 pub struct Options {
     /// Image directory.
     pub images: PathBuf,
-    /// Leave the tree running and return (otherwise wait for the root to exit).
-    pub detached: bool,
     /// Restore tty fds onto the caller's terminal; allow a session from outside the tree.
     pub shell_job: bool,
     /// Deadline for every task to reach the restorer.
     pub timeout: Duration,
-    /// How long to wait for a pid held by a zombie.
+    /// How long to wait for a pid still held by a zombie, for the root and every child alike.
     pub pid_wait: Duration,
     /// The caller is PID 1 of a fresh pid namespace and becomes the root (see pidns::inplace).
     pub in_place: bool,
@@ -98,7 +95,6 @@ impl Options {
     pub fn new(images: impl Into<PathBuf>) -> Self {
         Self {
             images: images.into(),
-            detached: true,
             shell_job: false,
             timeout: Duration::from_secs(30),
             pid_wait: Duration::from_secs(3),
@@ -120,8 +116,6 @@ pub struct Outcome {
     pub forking: Duration,
     /// Time from start to the tree running.
     pub total: Duration,
-    /// Exit status of the root (not detached).
-    pub exit: Option<i32>,
 }
 
 /// One task of the plan.
@@ -172,6 +166,8 @@ pub struct Plan {
     pub verifier: Verifier,
     /// Where the tree's pids live.
     pub ns: NsMode,
+    /// [`Options::pid_wait`], for the tasks that fork the children.
+    pub pid_wait: Duration,
 }
 
 impl Plan {
@@ -208,45 +204,8 @@ fn priv_size(vdso: &CurrentVdso, t: &TaskPlan) -> u64 {
         + t.mem.as_ref().map_or(0, |m| m.staging_size())
 }
 
-/// The restore log (restore.log): one line per stage with its time.
-#[derive(Debug)]
-pub struct Log {
-    out: Option<std::fs::File>,
-    start: Instant,
-    level: u8,
-}
-
-impl Log {
-    /// A log into `path` (None: no file) at verbosity `level` (0..4).
-    pub fn new(path: Option<&Path>, level: u8) -> std::io::Result<Self> {
-        let out = path.map(std::fs::File::create).transpose()?;
-        Ok(Self {
-            out,
-            start: Instant::now(),
-            level,
-        })
-    }
-
-    /// Writes a line at `level` or below.
-    pub fn line(&mut self, level: u8, msg: &str) {
-        if level > self.level {
-            return;
-        }
-        let t = self.start.elapsed();
-        if let Some(f) = &mut self.out {
-            let _ = writeln!(f, "({:3}.{:06}) {msg}", t.as_secs(), t.subsec_micros());
-        }
-    }
-
-    /// Logs the end of a stage with its duration.
-    pub fn stage(&mut self, name: &str, since: Instant) {
-        let d = since.elapsed();
-        self.line(
-            1,
-            &format!("stage {name}: done in {:.3} ms", d.as_secs_f64() * 1e3),
-        );
-    }
-}
+/// The restore log (restore.log): the shared log, one line per stage with its time.
+pub use crate::log::Log;
 
 fn read_tasks(dir: &ImageDir) -> Result<Vec<TaskPlan>, RestoreError> {
     let e = stage_err("read images");
@@ -461,7 +420,10 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     // Checksumming every file (the pages above all) overlaps with forking and filling memory;
     // its verdict is awaited before any task is released into its own code.
     let verifier = Verifier::spawn(dir.path())?;
-    log.line(2, &format!("restore range {at:#x}-{:#x}", at + len));
+    log.line(
+        crate::log::DEBUG,
+        &format!("restore range {at:#x}-{:#x}", at + len),
+    );
     Ok(Plan {
         tasks,
         files,
@@ -472,6 +434,7 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
         shell_job: opts.shell_job,
         verifier,
         ns,
+        pid_wait: opts.pid_wait,
     })
 }
 
@@ -532,7 +495,7 @@ fn run(
         .map(|m| m.runs.iter().map(|r| r.nr_pages).sum::<u64>())
         .sum();
     log.line(
-        1,
+        crate::log::INFO,
         &format!("restored tree of {} task(s), root {rp}", pids.len()),
     );
     Ok(Outcome {
@@ -541,7 +504,6 @@ fn run(
         pages,
         forking,
         total: start.elapsed(),
-        exit: None,
     })
 }
 
@@ -734,16 +696,13 @@ fn abort(plan: &Plan, log: &mut Log) {
         }
         if r == 0 {
             if start.elapsed() > Duration::from_secs(5) {
-                log.line(
-                    0,
-                    "Warning: tasks of the failed restore are still unreaped after 5 s",
-                );
+                log.warn("tasks of the failed restore are still unreaped after 5 s");
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    log.line(0, &format!("restore aborted; killed {pids:?}"));
+    log.error(&format!("restore aborted; killed {pids:?}"));
 }
 
 /// Writes stats-restore (CRIU's format) into the image directory.

@@ -249,32 +249,26 @@ pub fn apply_sched(
             };
             // SAFETY: sched_setscheduler on a thread we restored, with a valid param.
             if unsafe { libc::sched_setscheduler(*tid as i32, policy as i32, &param) } != 0 {
-                log.line(
-                    0,
-                    &format!(
-                        "Warning: thread {tid}: sched policy {policy}: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                );
+                log.warn(&format!(
+                    "thread {tid}: sched policy {policy}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         if let Some(nice) = tc.sched_nice {
             // SAFETY: setpriority on a thread we restored.
             if unsafe { libc::setpriority(libc::PRIO_PROCESS, *tid, nice) } != 0 {
-                log.line(
-                    0,
-                    &format!(
-                        "Warning: thread {tid}: nice {nice}: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                );
+                log.warn(&format!(
+                    "thread {tid}: nice {nice}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
     }
     if let Some(adj) = t.cores[0].1.tc.as_ref().and_then(|c| c.oom_score_adj) {
         let p = format!("/proc/{pid}/oom_score_adj");
         if let Err(e) = std::fs::write(&p, adj.to_string()) {
-            log.line(0, &format!("Warning: {p}: {e}"));
+            log.warn(&format!("{p}: {e}"));
         }
     }
 }

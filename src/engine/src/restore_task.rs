@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use ferry_blob_abi::restorer::{Range, RestorerArgs, ThreadArgs, RESTORER_MAGIC, RESTORER_VERSION};
 
@@ -38,6 +37,12 @@ pub fn run(plan: &Plan, i: usize) -> ! {
     unsafe { libc::_exit(1) }
 }
 
+/// A failure-injection hook for the all-or-nothing tests: `var` names task `pid`. Debug builds
+/// only (the tests run them); a release build never reads the variable.
+fn test_hook(var: &str, pid: u32) -> bool {
+    cfg!(debug_assertions) && std::env::var(var).is_ok_and(|v| v == pid.to_string())
+}
+
 /// Prepares task `i` in the calling process (forks its children); returns the argument block
 /// and stack for [`jump`].
 pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
@@ -47,7 +52,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
     plan.ctl.set_stage(i, Stage::Forked);
     for &c in &t.children {
         let ct = &plan.tasks[c];
-        let got = pstree::restore::fork_with_pid(ct.entry.pid, Duration::from_secs(2))
+        let got = pstree::restore::fork_with_pid(ct.entry.pid, plan.pid_wait)
             .map_err(|e| e.to_string())?;
         // Namespace pids mean nothing to a coordinator outside the namespace: there each task
         // records its own pid as /proc shows it.
@@ -78,7 +83,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         }
     }
     // Failure injection for the all-or-nothing tests: fail this task after its children exist.
-    if std::env::var("FERRY_TEST_FAIL_TASK").ok().as_deref() == Some(pid.to_string().as_str()) {
+    if test_hook("FERRY_TEST_FAIL_TASK", pid) {
         return Err("injected failure (FERRY_TEST_FAIL_TASK)".into());
     }
     sigact::restore::block_all();
@@ -126,7 +131,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
     remaps.extend(staged.remaps.iter().copied());
     // Failure injection for the all-or-nothing tests: a move the kernel refuses, so the restorer
     // fails after it has already unmapped this task's old memory.
-    if std::env::var("FERRY_TEST_FAIL_RESTORER").ok().as_deref() == Some(pid.to_string().as_str()) {
+    if test_hook("FERRY_TEST_FAIL_RESTORER", pid) {
         remaps.push(ferry_blob_abi::restorer::Remap {
             from: 0x1000,
             len: 0x1000,
@@ -180,7 +185,8 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
             tid: *tid as i32,
             has_rseq: u32::from(rseq.is_some_and(|r| r.rseq_abi_pointer != 0)),
             frame,
-            stack_top: stacks + (k as u64 + 1) * STACK_SIZE - 64,
+            // The top of this thread's own slot; the blob's clone3 gets exactly the slot.
+            stack_top: stacks + (k as u64 + 1) * STACK_SIZE,
             fs_base: ti.gpregs.fs_base,
             gs_base: ti.gpregs.gs_base,
             clear_tid_addr: ti.clear_tid_addr,
@@ -192,7 +198,8 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
             comm,
             sigs,
             nr_sigs,
-            _pad: 0,
+            // Per thread, as the kernel keeps it (dumped per thread by the parasite).
+            pdeath_sig: tcore.and_then(|c| c.pdeath_sig).unwrap_or(0),
         });
     }
     let slot = plan.ctl.slot(i);
@@ -216,11 +223,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         error_word: plan.ctl.addr_of(i, &slot.error),
         task_size: mem::TASK_SIZE,
         has_caps: u32::from(t.caps.is_some()),
-        pdeath_sig: main
-            .thread_core
-            .as_ref()
-            .and_then(|c| c.pdeath_sig)
-            .unwrap_or(0),
+        _pad: 0,
         caps: t.caps.unwrap_or_default(),
     };
     let at = arena.push(&[args], "argument block").map_err(err)?;

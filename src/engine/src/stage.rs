@@ -129,7 +129,7 @@ impl Ctl {
         field.as_ptr() as u64
     }
 
-    /// Records a stage and wakes the coordinator.
+    /// Records a stage; the coordinator polls the slots, so nothing is woken.
     pub fn set_stage(&self, i: usize, st: Stage) {
         self.slot(i).stage.store(st as u32, Ordering::Release);
     }
@@ -202,9 +202,39 @@ fn blob_step_name(step: u32) -> &'static str {
         s::ARCH_PRCTL => "arch_prctl (FS/GS base)",
         s::RSEQ => "rseq registration",
         s::CLONE_THREAD => "clone3 of a thread with its tid",
+        s::SIGRETURN => "rt_sigreturn into the prepared frame",
         s::CAPSET => "capset",
         s::PDEATHSIG => "PR_SET_PDEATHSIG",
         s::SIGQUEUE => "rt_tgsigqueueinfo of a thread's pending signal",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blob_step_name;
+
+    #[test]
+    fn every_blob_step_has_a_name() {
+        use ferry_blob_abi::restorer::step as s;
+        for st in [
+            s::BAD_HEADER,
+            s::MUNMAP,
+            s::MREMAP,
+            s::MADVISE,
+            s::PRCTL_MM,
+            s::CLOSE,
+            s::ROBUST_LIST,
+            s::ARCH_PRCTL,
+            s::RSEQ,
+            s::CLONE_THREAD,
+            s::SIGRETURN,
+            s::CAPSET,
+            s::PDEATHSIG,
+            s::SIGQUEUE,
+        ] {
+            assert_ne!(blob_step_name(st), "unknown", "step {st}");
+        }
+        assert_eq!(blob_step_name(0), "unknown");
     }
 }

@@ -213,10 +213,11 @@ fn dump_tree_with_session_groups_and_zombie() {
     assert!(!d.path().join(format!("mm-{z}.img")).exists());
     for p in [pid, a, b] {
         assert!(d.path().join(format!("mm-{p}.img")).exists());
-        assert_eq!(
-            status(p, "State").chars().next(),
-            Some('S'),
-            "task {p} runs on"
+        // Sleeping or, caught between ticks, running: neither stopped (T/t) nor dead.
+        let st = status(p, "State");
+        assert!(
+            matches!(st.chars().next(), Some('S' | 'R')),
+            "task {p} runs on: {st}"
         );
     }
     // The shared anonymous area: one shmem object, dumped once, the same shmid everywhere.

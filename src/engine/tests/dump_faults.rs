@@ -144,7 +144,7 @@ fn dump_fails_cleanly_when_the_victim_is_killed_mid_dump() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
         .args(["dump", "-t", &pid.to_string(), "-D"])
         .arg(d.path())
-        .args(["-v4", "--leave-running"])
+        .args(["-v4", "-o", "dump.log", "--leave-running"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -447,14 +447,9 @@ fn thread_pending(pid: u32) -> Vec<(u32, String, String)> {
     v
 }
 
-/// Per-thread pending signals and masks, the secondary thread's queued by the restorer itself
-/// (tests/workloads/thread_sig.c).
-#[test]
-fn roundtrip_thread_pending_signals() {
-    let _g = lock();
-    setup();
-    let work = tempfile::tempdir().unwrap();
-    let bin = work.path().join("thread_sig");
+/// Builds tests/workloads/thread_sig.c into `work`; returns the binary's path.
+fn thread_sig(work: &Path) -> String {
+    let bin = work.join("thread_sig");
     let st = Command::new("gcc")
         .args(["-O1", "-static", "-pthread", "-o"])
         .arg(&bin)
@@ -465,7 +460,58 @@ fn roundtrip_thread_pending_signals() {
         .status()
         .expect("gcc");
     assert!(st.success(), "gcc thread_sig.c");
-    let pid = start(bin.to_str().unwrap());
+    bin.to_str().unwrap().to_string()
+}
+
+/// `thread_core.pdeath_sig` of every thread of `pid` in the images at `dir`, leader first.
+fn pdeath_sigs(dir: &Path, pid: u32) -> Vec<Option<u32>> {
+    use ferry_images::{pb, ImageDir};
+    let d = ImageDir::open(dir).unwrap();
+    let tree: Vec<pb::PstreeEntry> = d.read_entries("pstree.img").unwrap();
+    let e = tree.iter().find(|e| e.pid == pid).unwrap();
+    e.threads
+        .iter()
+        .map(|tid| {
+            let c: pb::CoreEntry = d.read_one(&format!("core-{tid}.img")).unwrap();
+            c.thread_core.unwrap().pdeath_sig
+        })
+        .collect()
+}
+
+/// The parent-death signal is per thread: each thread's own value is dumped, restored by the
+/// restorer on that thread only, and so dumped again unchanged from the restored task.
+#[test]
+fn roundtrip_per_thread_pdeath_signal() {
+    let _g = lock();
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let pid = start(&thread_sig(work.path()));
+    let _k = Killer(vec![pid]);
+    let want = vec![Some(libc::SIGWINCH as u32), Some(libc::SIGURG as u32)];
+    for round in 0..2 {
+        let d = tempfile::tempdir().unwrap();
+        dump(pid, d.path());
+        assert_eq!(pdeath_sigs(d.path(), pid), want, "round {round}");
+        wait_gone(&[pid]);
+        let out = restore(d.path(), &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: restore failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_of(d.path())
+        );
+        assert_runs(pid);
+    }
+}
+
+/// Per-thread pending signals and masks, the secondary thread's queued by the restorer itself
+/// (tests/workloads/thread_sig.c).
+#[test]
+fn roundtrip_thread_pending_signals() {
+    let _g = lock();
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let pid = start(&thread_sig(work.path()));
     let _k = Killer(vec![pid]);
     let want = thread_pending(pid);
     assert_eq!(want.len(), 2);

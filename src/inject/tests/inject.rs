@@ -131,6 +131,11 @@ fn parasite_reports_what_the_victim_set() {
         (v.info.altsp, v.info.altsize)
     );
     assert_eq!(th.altstack.flags, 0);
+    assert_eq!(
+        th.pdeath_sig,
+        libc::SIGWINCH,
+        "the leader's own pdeath signal"
+    );
 
     let it = p.itimers().unwrap();
     assert_eq!(

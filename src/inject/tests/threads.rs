@@ -38,6 +38,8 @@ fn thread_state_of_a_second_thread() {
     // The leader's own view differs: its altstack and tid.
     let lt = p.thread().unwrap();
     assert_eq!((lt.tid, lt.altstack.sp), (v.pid(), v.info.altsp));
+    // The parent-death signal is per thread: the leader set SIGWINCH, a new thread starts at 0.
+    assert_eq!((lt.pdeath_sig, ts.pdeath_sig), (libc::SIGWINCH, 0));
     // The thread can be visited again.
     let (again, thread) = p.thread_state(thread).unwrap();
     assert_eq!(again, ts);

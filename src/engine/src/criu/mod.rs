@@ -1,6 +1,7 @@
 //! The criu-compatible face: `ferry criu dump|restore|check` (and argv[0] = `criu`).
 
 pub mod check;
+pub mod common;
 pub mod dump_cli;
 pub mod restore_cli;
 

@@ -1,16 +1,18 @@
 //! `criu restore`: CRIU's own command line for ferry's restore engine.
 //!
 //! `criu restore -D DIR [-d|--restore-detached] [--pidfile F] [--shell-job] [-W DIR]
-//! [-o LOG] [-v0..4]`. The log and stats-restore go to the work directory (default: the image
-//! directory), as CRIU does; `--pidfile` gets the root's pid. Without `-d` ferry waits for the
-//! restored root and exits with its status.
+//! [-o LOG] [-v[N]]`. The log options are dump's ([`super::common`]); stats-restore goes to the
+//! work directory (default: the image directory), as CRIU does; `--pidfile` gets the root's pid.
+//! Without `-d` ferry waits for the restored root and exits with its status.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::restore::{self, Log, Options};
+use super::common::LogArgs;
+use crate::log::INFO;
+use crate::restore::{self, Options};
 
 /// Arguments of `criu restore`.
 #[derive(Debug, clap::Args)]
@@ -27,15 +29,9 @@ pub struct RestoreArgs {
     /// The tree was a shell job: restore its terminal onto ours, keep its outside session.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
-    /// Directory for the log and stats (default: the image directory).
-    #[arg(short = 'W', long = "work-dir")]
-    pub work_dir: Option<PathBuf>,
-    /// Log file, relative to the work directory.
-    #[arg(short = 'o', long = "log-file")]
-    pub log_file: Option<PathBuf>,
-    /// Verbosity 0..4 (`-v4`; `-v` alone is 2).
-    #[arg(short = 'v', num_args = 0..=1, default_missing_value = "2")]
-    pub verbosity: Option<u8>,
+    /// Work directory, log file and verbosity (shared with dump).
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Seconds to wait for every task to reach the restorer.
     #[arg(long = "timeout", default_value_t = 30)]
     pub timeout: u64,
@@ -44,9 +40,10 @@ pub struct RestoreArgs {
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
     /// Accepted: external unix socket entries (dumped with --ext-unix-sk) are always
-    /// reconnected by name.
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
+    /// reconnected by name (CRIU's optional socket id is accepted as in dump).
+    #[arg(short = 'x', long = "ext-unix-sk", value_name = "ID", num_args = 0..=1,
+          default_missing_value = "")]
+    pub ext_unix_sk: Option<String>,
     /// Accepted: file locks in the images (file-locks.img) are always taken again.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
@@ -60,31 +57,25 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
             bail!("criu restore: {e}");
         }
     }
-    let work = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| args.images_dir.clone());
-    let log_path = args.log_file.as_ref().map(|p| work.join(p));
-    let mut log = Log::new(log_path.as_deref(), args.verbosity.unwrap_or(2).min(4))
-        .with_context(|| format!("cannot create the log in {}", work.display()))?;
+    let work = args.log.work_dir(&args.images_dir);
+    let mut log = args.log.open(&args.images_dir)?;
     log.line(
-        1,
+        INFO,
         &format!("ferry restore from {}", args.images_dir.display()),
     );
     let mut opts = Options::new(&args.images_dir);
-    opts.detached = args.detached;
     opts.shell_job = args.shell_job;
     opts.timeout = Duration::from_secs(args.timeout.max(1));
     let out = match restore::restore(&opts, &mut log) {
         Ok(o) => o,
         Err(e) => {
-            log.line(0, &format!("Error: {e}"));
+            log.error(&e.to_string());
             // Every message already carries its causes; flatten so they print once.
             bail!("{e}");
         }
     };
     log.line(
-        1,
+        INFO,
         &format!(
             "restore finished in {:.3} ms ({} pages)",
             out.total.as_secs_f64() * 1e3,
@@ -92,7 +83,7 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
         ),
     );
     if let Err(e) = restore::write_stats(&work, &out) {
-        log.line(0, &format!("Warning: {e}"));
+        log.warn(&e.to_string());
     }
     if let Some(p) = &args.pidfile {
         // Written whole or not at all: callers poll for it.

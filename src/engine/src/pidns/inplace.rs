@@ -234,13 +234,16 @@ fn finisher(plan: &Plan, opts: &Options, status_fd: Option<RawFd>, log: &mut Log
     match r {
         Ok(()) => {
             let pids: Vec<String> = plan.tasks.iter().map(|t| t.entry.pid.to_string()).collect();
-            log.line(1, &format!("restored tree in place: {}", pids.join(" ")));
+            log.line(
+                crate::log::INFO,
+                &format!("restored tree in place: {}", pids.join(" ")),
+            );
             report(status_fd, &format!("ok {}\n", pids.join(" ")));
             // SAFETY: _exit without running the destructors of PID 1's objects we inherited.
             unsafe { libc::_exit(0) }
         }
         Err(e) => {
-            log.line(0, &format!("Error: {e}"));
+            log.error(&e.to_string());
             report(status_fd, &format!("error: {e}\n"));
             if plan.ctl.slot(0).stage.load(Ordering::Acquire) < Stage::Restorer as u32 {
                 // PID 1 is still in its own code: it cleans up and returns the error.

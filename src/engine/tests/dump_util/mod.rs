@@ -151,10 +151,14 @@ pub fn criu(args: &[&str]) -> Output {
         .expect("run ferry-criu")
 }
 
-/// `criu dump -t PID -D DIR -v4 EXTRA...`.
+/// `criu dump -t PID -D DIR -v4 [-o dump.log] EXTRA...`.
 pub fn dump(pid: i32, dir: &Path, extra: &[&str]) -> Output {
     let pid = pid.to_string();
     let mut args = vec!["dump", "-t", &pid, "-D", dir.to_str().unwrap(), "-v4"];
+    // As CRIU, no log file without -o: the tests read dump.log unless they choose their own.
+    if !extra.contains(&"-o") {
+        args.extend_from_slice(&["-o", "dump.log"]);
+    }
     args.extend_from_slice(extra);
     criu(&args)
 }

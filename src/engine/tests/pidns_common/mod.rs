@@ -197,7 +197,8 @@ pub fn assert_ok(out: &Output, what: &str, log: &Path) {
 /// pstree has the namespace pids, ids and inventory name the tree's own pid namespace.
 pub fn dump_and_check(root: i32, dir: &Path) {
     let pid = root.to_string();
-    let out = criu(&["dump", "-t", &pid, "-D", dir.to_str().unwrap(), "-v4"]);
+    let dir_s = dir.to_str().unwrap();
+    let out = criu(&["dump", "-t", &pid, "-D", dir_s, "-v4", "-o", "dump.log"]);
     assert_ok(&out, "dump", &dir.join("dump.log"));
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
