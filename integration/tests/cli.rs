@@ -1,9 +1,11 @@
 //! The ways real callers invoke runc, which ferry must accept unchanged: podman's probes
 //! (`checkpoint --help` exits 0, `restore --lsm-mount-context` with no value says "flag needs an
 //! argument"), a boolean flag given twice (podman passes `--leave-running` twice), one-dash long
-//! flags (go-runc passes `-no-subreaper`), and every runc checkpoint/restore flag — which parse
-//! today and then fail with a clear "not implemented" error until the engine lands.
+//! flags (go-runc passes `-no-subreaper`), and every runc checkpoint/restore flag — which all
+//! parse; the options the engine cannot honour yet (pre-dump, lazy pages, page server, parent
+//! images, dedup, empty namespaces) are then refused by name before anything is touched.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_integration::cmd::wait_until;
@@ -22,19 +24,42 @@ const PARSE_ERRORS: &[&str] = &[
     "flag needs an argument",
 ];
 
+/// Parsed (no parse error), then refused with "not supported yet" naming each of `flags`.
 #[track_caller]
-fn assert_parsed_then_not_implemented(o: &Out) {
-    assert!(!o.success(), "must fail until the engine lands:\n{o}");
+fn assert_parsed_then_refused(o: &Out, flags: &[&str]) {
+    assert!(!o.success(), "must be refused:\n{o}");
+    assert_parsed(o);
+    assert!(
+        o.stderr.contains("not supported yet"),
+        "says clearly what is not supported:\n{o}"
+    );
+    for f in flags {
+        assert!(o.stderr.contains(f), "names {f}:\n{o}");
+    }
+}
+
+/// No parse error in the output.
+#[track_caller]
+fn assert_parsed(o: &Out) {
     for bad in PARSE_ERRORS {
         assert!(
             !o.stderr.contains(bad),
             "a parse error ({bad:?}), not a refusal:\n{o}"
         );
     }
-    assert!(
-        o.stderr.to_lowercase().contains("not implemented"),
-        "says clearly that it is not implemented yet:\n{o}"
-    );
+}
+
+/// `run -d` with null stdio (containerd's null IO), so the container can be checkpointed.
+fn run_null(env: &TestEnv, b: &ferry_integration::Bundle) {
+    let mut c = env.command();
+    c.args(["run", "-d", "--bundle", b.path.to_str().unwrap(), &b.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    ferry_integration::cmd::run_with_stdio(&mut c, T).ok();
+    let st = env.state(&b.id);
+    assert_eq!(st["status"], "running", "{st}");
+    env.track_pid(st["pid"].as_i64().unwrap() as i32);
 }
 
 #[test]
@@ -71,7 +96,8 @@ fn restore_lsm_mount_context_without_value_needs_an_argument() {
 }
 
 #[test]
-fn checkpoint_parses_every_runc_flag_then_refuses_and_leaves_the_container_running() {
+fn checkpoint_parses_every_runc_flag_then_refuses_the_unsupported_and_leaves_the_container_running()
+{
     let env = TestEnv::new("ckflags");
     let id = env.id("c");
     let b = env.bundle(&id, &["counter", "/count", "50"]);
@@ -111,7 +137,22 @@ fn checkpoint_parses_every_runc_flag_then_refuses_and_leaves_the_container_runni
             &id,
         ],
     );
-    assert_parsed_then_not_implemented(&o);
+    assert_parsed_then_refused(
+        &o,
+        &[
+            "--pre-dump",
+            "--parent-path",
+            "--lazy-pages",
+            "--page-server",
+            "--status-fd",
+            "--auto-dedup",
+            "--empty-ns",
+        ],
+    );
+    assert!(
+        !img.exists() && !work.exists(),
+        "refused before anything is made"
+    );
     assert_eq!(
         env.status(&id),
         "running",
@@ -129,17 +170,22 @@ fn checkpoint_flag_given_twice() {
     let env = TestEnv::new("cktwice");
     let id = env.id("c");
     let b = env.bundle(&id, &["counter", "/count", "100"]);
-    env.start_running(&b);
+    run_null(&env, &b);
     let o = env.ferry_in(
         &env.dir,
         &["checkpoint", "--leave-running", "--leave-running", &id],
     );
-    assert_parsed_then_not_implemented(&o);
-    assert_eq!(env.status(&id), "running");
+    assert_parsed(&o);
+    assert!(o.success(), "podman's doubled flag checkpoints:\n{o}");
+    assert_eq!(env.status(&id), "running", "--leave-running honoured");
+    assert!(
+        env.dir.join("checkpoint/inventory.img").exists(),
+        "runc's default --image-path is ./checkpoint"
+    );
 }
 
 #[test]
-fn restore_parses_every_runc_flag_then_refuses_and_creates_nothing() {
+fn restore_parses_every_runc_flag_then_refuses_the_unsupported_and_creates_nothing() {
     let env = TestEnv::new("rsflags");
     let id = env.id("r");
     let b = env.bundle(&id, &["counter", "/count", "100"]);
@@ -182,7 +228,7 @@ fn restore_parses_every_runc_flag_then_refuses_and_creates_nothing() {
             &id,
         ],
     );
-    assert_parsed_then_not_implemented(&o);
+    assert_parsed_then_refused(&o, &["--lazy-pages", "--auto-dedup", "--empty-ns"]);
     env.ferry(&["state", &id])
         .code_is(1)
         .stderr_has("container does not exist");
@@ -210,7 +256,17 @@ fn restore_one_dash_flags_as_go_runc_passes_them() {
             &id,
         ],
     );
-    assert_parsed_then_not_implemented(&o);
+    // Every one-dash flag was taken: the refusal is about the image directory it named.
+    assert_parsed(&o);
+    assert!(!o.success(), "{o}");
+    assert!(
+        o.stderr.contains("inventory.img is missing")
+            && o.stderr.contains(env.dir.to_str().unwrap()),
+        "{o}"
+    );
+    env.ferry(&["state", &id])
+        .code_is(1)
+        .stderr_has("container does not exist");
 }
 
 #[test]

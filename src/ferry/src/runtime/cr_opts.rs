@@ -1,5 +1,6 @@
-//! Checkpoint/restore options as plain data: what the engine (a later issue) consumes. The CLI
-//! structs convert into these, validating what runc validates.
+//! Checkpoint/restore options as plain data, what `checkpoint.rs` and `cr_restore.rs` act on.
+//! The CLI structs convert into these, validating what runc validates; options the engine
+//! cannot honour yet are refused by name in `checkpoint::refuse_unsupported`.
 
 use std::path::PathBuf;
 

@@ -69,9 +69,6 @@ pub enum Error {
     /// Known limitation of this build.
     #[error("{0}")]
     Unsupported(String),
-    /// A capability of a later issue.
-    #[error("{0} is not implemented yet in this ferry build")]
-    NotImplemented(&'static str),
     /// libcontainer failed in a named stage.
     #[error("{stage}: {source}")]
     Container {
@@ -130,6 +127,9 @@ pub enum Error {
     /// Checkpoint/restore option parsing failed.
     #[error(transparent)]
     CrOpts(#[from] super::cr_opts::OptsError),
+    /// Checkpoint or restore failed.
+    #[error(transparent)]
+    Cr(#[from] super::cr_error::CrError),
 }
 
 impl Error {

@@ -13,6 +13,14 @@ pub mod signal;
 pub mod state;
 
 mod checkpoint;
+mod cr_error;
+mod cr_freezer;
+mod cr_mounts;
+mod cr_paths;
+mod cr_procfs;
+mod cr_restore;
+mod cr_spec;
+mod cr_stdio;
 mod create;
 mod delete;
 mod events;

@@ -1,0 +1,208 @@
+//! Helpers shared by the checkpoint/restore tests (`cr_*.rs`).
+//!
+//! Containers here run with their stdio on /dev/null, as containerd's null IO and
+//! `runc run -d </dev/null >/dev/null` give them: descriptors.json then names `/dev/null`
+//! three times, which the restore reopens inside the container, exactly like the runc+CRIU
+//! fixture `runc-busybox`. (A host file as stdout cannot be checkpointed by runc+CRIU either;
+//! caller pipes need the engine's inherit-fd: see `cr_stdio.rs`.)
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ferry_integration::cmd::{self, wait_until, DEFAULT_TIMEOUT};
+use ferry_integration::{Bundle, Out, TestEnv};
+
+/// Patience for a container to show progress.
+pub const T: Duration = Duration::from_secs(15);
+
+/// Counter tick of the tests' containers, in ms.
+pub const TICK_MS: &str = "50";
+
+/// Runs the runtime with stdin, stdout and stderr on /dev/null: what `run -d` and `create`
+/// hand to the container (its errors show only as the exit code).
+#[track_caller]
+pub fn ferry_null(env: &TestEnv, args: &[&str]) -> Out {
+    let mut c = env.command();
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd::run_with_stdio(&mut c, DEFAULT_TIMEOUT)
+}
+
+/// Runs the runtime with stdin and stdout on /dev/null and stderr captured (for verbs whose
+/// container does not keep the runtime's stdio: restore reopens descriptors.json's).
+#[track_caller]
+pub fn ferry_err(env: &TestEnv, args: &[&str]) -> Out {
+    let mut c = env.command();
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd::run_with_stdio(&mut c, DEFAULT_TIMEOUT)
+}
+
+/// Tracks the init pid the runtime reports for `id` (killed by pidfd at teardown).
+pub fn track_state_pid(env: &TestEnv, id: &str) -> Option<i32> {
+    let o = env.ferry(&["state", id]);
+    if !o.success() {
+        return None;
+    }
+    let pid = o.json()["pid"].as_i64().filter(|p| *p > 0)? as i32;
+    env.track_pid(pid);
+    Some(pid)
+}
+
+/// A bundle running the counter on /count with the tests' tick.
+pub fn counter_bundle(env: &TestEnv, id: &str) -> Bundle {
+    env.bundle(id, &["counter", "/count", TICK_MS])
+}
+
+/// `run -d` with null stdio; waits until the counter has counted to at least 3.
+#[track_caller]
+pub fn start_counter(env: &TestEnv, b: &Bundle) -> i32 {
+    ferry_null(
+        env,
+        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &b.id],
+    )
+    .ok();
+    let pid = track_state_pid(env, &b.id).expect("state has a pid after run -d");
+    assert_eq!(env.status(&b.id), "running");
+    assert!(
+        wait_until(T, || b.counter("/count").unwrap_or(0) >= 3),
+        "the counter never counted"
+    );
+    pid
+}
+
+/// `checkpoint --image-path IMG [extra] ID`.
+#[track_caller]
+pub fn checkpoint(env: &TestEnv, id: &str, img: &Path, extra: &[&str]) -> Out {
+    let mut args = vec!["checkpoint", "--image-path", img.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(id);
+    env.ferry(&args)
+}
+
+/// `restore -d --image-path IMG --bundle B [extra] ID` with null stdio.
+#[track_caller]
+pub fn restore(env: &TestEnv, b: &Bundle, id: &str, img: &Path, extra: &[&str]) -> Out {
+    env.track_id(id);
+    let mut args = vec![
+        "restore",
+        "-d",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        b.path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(id);
+    let o = ferry_err(env, &args);
+    track_state_pid(env, id);
+    o
+}
+
+/// Waits until the counter passes `value`; returns what it read.
+#[track_caller]
+pub fn wait_count_above(b: &Bundle, value: u64) -> u64 {
+    let mut last = 0;
+    assert!(
+        wait_until(T, || {
+            last = b.counter("/count").unwrap_or(0);
+            last > value
+        }),
+        "the counter did not pass {value} (last {last})"
+    );
+    last
+}
+
+/// Watches the counter right after a restore: every value read is at least `stopped_at` (a
+/// restarted counter would write 1 first) and the first new one is `stopped_at + 1` (give or
+/// take a tick missed by the 5 ms polling). Returns the first new value.
+#[track_caller]
+pub fn assert_counts_on_from(b: &Bundle, stopped_at: u64) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = b.counter("/count") {
+            assert!(
+                v >= stopped_at,
+                "read {v} after a checkpoint at {stopped_at}: the counter started over"
+            );
+            if v > stopped_at {
+                assert!(
+                    v <= stopped_at + 3,
+                    "first new count {v} after a checkpoint at {stopped_at}: not carried on"
+                );
+                return v;
+            }
+        }
+        assert!(
+            start.elapsed() < T,
+            "the counter did not pass {stopped_at} after the restore"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The counter's value once it has stopped changing (the container is gone or frozen).
+#[track_caller]
+pub fn settled_count(b: &Bundle) -> u64 {
+    let first = b.counter("/count").expect("a count");
+    std::thread::sleep(Duration::from_millis(300));
+    let again = b.counter("/count").expect("a count");
+    assert_eq!(
+        first, again,
+        "the counter still counts: the container still runs"
+    );
+    again
+}
+
+/// Processes whose root directory is `rootfs` (same device and inode, seen from the host).
+pub fn processes_in(rootfs: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(rootfs).map(|m| (m.dev(), m.ino())) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/root"))
+                .map(|m| (m.dev(), m.ino()) == want)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Asserts nothing of container `id` (bundle `b`) is left: no state, no state directory, no
+/// cgroup, no process in its rootfs, no mount below the bundle.
+#[track_caller]
+pub fn assert_nothing_left(env: &TestEnv, b: &Bundle, id: &str) {
+    env.ferry(&["state", id])
+        .code_is(1)
+        .stderr_has("container does not exist");
+    assert!(!env.root.join(id).exists(), "state directory of {id} left");
+    let cgs: Vec<PathBuf> = ferry_integration::cleanup::cgroup_dirs(&b.cgroups_path)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(cgs.is_empty(), "cgroups left: {cgs:?}");
+    let procs = processes_in(&b.rootfs());
+    assert!(procs.is_empty(), "processes left in the rootfs: {procs:?}");
+    let mounts = ferry_integration::cleanup::mounts_under(&b.path);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
+
+/// Copies a directory's files (images are flat).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

@@ -1,0 +1,395 @@
+//! `ferry restore`'s stages, all or nothing.
+//!
+//! 1. Checks before anything is made: options, the image directory (inventory and tree images,
+//!    descriptors.json and whether its stdio can be reconnected), the bundle.
+//! 2. The container is built by libcontainer from the bundle's config (adjusted by `cr_spec`):
+//!    state directory, cgroups, namespaces, rootfs and mounts, with [`RestoreExecutor`] as its
+//!    init, which waits for `start`.
+//! 3. From outside, the engine fills the fresh namespaces (`container::restore_resources`:
+//!    links under the network lock, hostname, IPC, tmpfs contents, cgroups).
+//! 4. `start`: the init restores the tree in place and becomes its PID 1; the engine reports
+//!    on a status pipe. Then the network is unlocked and the pid file written.
+//!
+//! Any failure deletes the container (its processes killed, cgroups and state directory
+//! removed; its mounts and namespaces die with it) and undoes the resources.
+
+use std::io::Read as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+use super::checkpoint::{cgroup_mode, refuse_unsupported};
+use super::cr_error::CrError;
+use super::cr_opts::RestoreOpts;
+use super::cr_paths::CrPaths;
+use super::executor::RestoreExecutor;
+use super::{cr_spec, cr_stdio, Ctx};
+
+/// How long the tree may take to reach the restorer (the engine's default).
+const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a successful restore leaves to the verb.
+pub struct Restored {
+    /// Host pid of its init.
+    pub pid: i32,
+}
+
+/// Checks the image directory enough to refuse before anything is created.
+pub fn check_images(id: &str, dir: &Path) -> Result<Vec<String>, CrError> {
+    let bad = |problem: String| CrError::BadImages {
+        id: id.to_string(),
+        path: dir.to_path_buf(),
+        problem,
+    };
+    if !dir.is_dir() {
+        return Err(bad("does not exist or is not a directory".into()));
+    }
+    for f in ["inventory.img", "pstree.img"] {
+        if !dir.join(f).is_file() {
+            return Err(bad(format!("{f} is missing: not a checkpoint")));
+        }
+    }
+    let descs = cr_stdio::read(dir).map_err(|e| bad(e.to_string()))?;
+    if descs.len() != 3 {
+        return Err(bad(format!(
+            "{} holds {} entries, want 3 (stdin, stdout, stderr)",
+            cr_stdio::DESCRIPTORS,
+            descs.len()
+        )));
+    }
+    let idir = ferry_images::ImageDir::open(dir).map_err(|e| bad(e.to_string()))?;
+    let ids = ferry_engine::container::image_ns_ids(&idir).map_err(|e| bad(e.to_string()))?;
+    if ids.pid_ns_id.is_none() {
+        return Err(bad("the tree's root task has no pid namespace id".into()));
+    }
+    Ok(descs)
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, CrError> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| CrError::io("open image directory", path)(std::io::Error::from(e)))?;
+    // SAFETY: `fd` was just returned by open(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn status_pipe() -> Result<(std::fs::File, OwnedFd), CrError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| CrError::io("create the status pipe", "pipe")(std::io::Error::from(e)))?;
+    Ok((std::fs::File::from(r), w))
+}
+
+/// Reads the engine's one status line, waiting at most `limit`.
+fn read_status(mut r: std::fs::File, limit: Duration) -> Result<String, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(format!(
+                "the container init did not report within {} s",
+                limit.as_secs()
+            ));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&r),
+            PollFlags::POLLIN | PollFlags::POLLHUP,
+        )];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll the status pipe: {e}")),
+        }
+        let mut chunk = [0u8; 4096];
+        match r.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read the status pipe: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if line.is_empty() {
+        return Err(
+            "the container init exited before the restore reported (see restore.log)".into(),
+        );
+    }
+    Ok(line)
+}
+
+/// A pidfd for the container's init, taken while it surely lives (it waits for `start`).
+fn init_pidfd(container: &Container) -> Option<OwnedFd> {
+    let pid = container.pid()?.as_raw();
+    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the fd was just created for us.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILLs the init through its pidfd and waits (up to 5 s) until it is gone. The cgroup-wide
+/// kill of `delete` misses an init a failed cgroup restore moved out of the container's cgroup.
+fn kill_init(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on our own pidfd with SIGKILL, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(pidfd),
+        PollFlags::POLLIN,
+    )];
+    let _ = poll(&mut fds, PollTimeout::from(5000u16));
+}
+
+/// Deletes what a failed restore made: the container (processes, cgroups, state directory).
+fn discard(ctx: &Ctx, id: &str, container: Option<Container>, init: Option<&OwnedFd>) {
+    if let Some(fd) = init {
+        kill_init(fd);
+    }
+    let c = container.or_else(|| ctx.load(id).ok());
+    match c {
+        Some(mut c) => {
+            if let Err(e) = c.delete(true) {
+                tracing::error!("remove container {id} after a failed restore: {e}");
+            }
+        }
+        None => {
+            let dir = ctx.container_dir(id);
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::error!("remove {} after a failed restore: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// Restores container `opts.container_id`; on error nothing of it is left.
+pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
+    let id = opts.container_id.as_str();
+    let stage = format!("restore of container {id}");
+    refuse_unsupported(&stage, &opts.common)?;
+    if opts.lsm_profile.is_some() || opts.lsm_mount_context.is_some() {
+        return Err(CrError::unsupported(
+            stage,
+            "--lsm-profile, --lsm-mount-context (no LSM on this build)",
+        ));
+    }
+    let paths = CrPaths::resolve(&opts.common)?;
+    let descs = check_images(id, &paths.images)?;
+    // CRIU's rule: images holding established TCP connections need --tcp-established.
+    if let Ok(dir) = ferry_images::ImageDir::open(&paths.images) {
+        ferry_engine::files::inet::restore::check_flag(&dir, opts.common.tcp_established).map_err(
+            |e| CrError::Refused {
+                stage: stage.clone(),
+                message: e.to_string(),
+            },
+        )?;
+    }
+    cr_stdio::check_restorable(&descs, opts.console_socket.is_some()).map_err(|e| match e {
+        CrError::NotSupported { what, .. } => CrError::NotSupported {
+            stage: stage.clone(),
+            what,
+        },
+        other => other,
+    })?;
+    let bundle = cr_spec::bundle_dir(opts.bundle.as_deref())?;
+    let rb = cr_spec::prepare(&bundle)?;
+    std::fs::create_dir_all(&paths.work)
+        .map_err(CrError::io("create work directory", &paths.work))?;
+    let images_fd = open_dir(&paths.images)?;
+    let log_path = paths.work.join("restore.log");
+    let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
+    let (status_r, status_w) = status_pipe()?;
+    let exec = RestoreExecutor {
+        images_fd: images_fd.as_raw_fd(),
+        log_fd: log_file.as_raw_fd(),
+        status_fd: status_w.as_raw_fd(),
+        timeout: TASK_TIMEOUT,
+        log_level: 2,
+    };
+    let built = build(ctx, id, rb.path(), opts.no_pivot, exec);
+    // The init holds its own copies now; ours must go so that EOF means the init is gone.
+    drop(status_w);
+    drop(log_file);
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            // A container of that id made meanwhile by someone else is not ours to remove.
+            let theirs = matches!(&e, CrError::Container { source, .. }
+                if matches!(**source, libcontainer::error::LibcontainerError::Exist));
+            if !theirs {
+                discard(ctx, id, None, None);
+            }
+            return Err(e);
+        }
+    };
+    let init = init_pidfd(&container);
+    match run_restore(opts, &paths, &bundle, &mut container, status_r) {
+        Ok(pid) => {
+            drop(images_fd);
+            Ok(Restored { pid })
+        }
+        Err(failed) => {
+            let (e, resources) = *failed;
+            // Tasks first, then what the resources made (cgroups are removed once empty).
+            discard(ctx, id, Some(container), init.as_ref());
+            if let Some(r) = resources {
+                undo(r, id);
+            }
+            Err(e)
+        }
+    }
+}
+
+type Failed = Box<(CrError, Option<ferry_engine::container::RestoredResources>)>;
+
+fn build(
+    ctx: &Ctx,
+    id: &str,
+    bundle: &Path,
+    no_pivot: bool,
+    exec: RestoreExecutor,
+) -> Result<Container, CrError> {
+    let stage = format!("create container {id} for its restore");
+    let err = |source| CrError::Container {
+        stage: stage.clone(),
+        source: Box::new(source),
+    };
+    std::fs::create_dir_all(&ctx.root).map_err(CrError::io("create state root", &ctx.root))?;
+    ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(exec)
+        .with_root_path(&ctx.root)
+        .map_err(err)?
+        .validate_id()
+        .map_err(err)?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .with_no_pivot(no_pivot)
+        .build()
+        .map_err(err)
+}
+
+fn run_restore(
+    opts: &RestoreOpts,
+    paths: &CrPaths,
+    bundle: &Path,
+    container: &mut Container,
+    status_r: std::fs::File,
+) -> Result<i32, Failed> {
+    let id = opts.container_id.as_str();
+    let plain = |e: CrError| Box::new((e, None));
+    // The state names the caller's bundle, not the adjusted config's directory.
+    container.state.bundle = bundle.to_path_buf();
+    container
+        .save()
+        .map_err(|source| CrError::Container {
+            stage: format!("save state of container {id}"),
+            source: Box::new(source),
+        })
+        .map_err(plain)?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| CrError::unsupported("restore", format!("container {id} has no init pid")))
+        .map_err(plain)?
+        .as_raw();
+    let res_log = paths.work.join("restore-resources.log");
+    let mut log = ferry_engine::restore::Log::new(Some(&res_log), 2)
+        .map_err(CrError::io("create", &res_log))
+        .map_err(plain)?;
+    let ropts = ferry_engine::container::ResourceRestoreOptions {
+        pid,
+        images_dir: paths.images.clone(),
+        cgroups: cgroup_mode(opts.common.manage_cgroups_mode),
+        lock_tag: format!("rs-{pid}"),
+    };
+    let resources = ferry_engine::container::restore_resources(&ropts, &mut log)
+        .map_err(|source| CrError::Resources {
+            id: id.to_string(),
+            source: Box::new(source),
+        })
+        .map_err(plain)?;
+    if let Err(source) = container.start() {
+        let e = CrError::Container {
+            stage: format!("start the restore of container {id}"),
+            source: Box::new(source),
+        };
+        return Err(Box::new((e, Some(resources))));
+    }
+    let line = read_status(status_r, TASK_TIMEOUT + Duration::from_secs(10));
+    match line {
+        Ok(l) if l.starts_with("ok") => {}
+        Ok(l) => {
+            let message = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+            let e = CrError::Init {
+                id: id.to_string(),
+                message,
+            };
+            return Err(Box::new((e, Some(resources))));
+        }
+        Err(message) => {
+            let e = CrError::Init {
+                id: id.to_string(),
+                message,
+            };
+            return Err(Box::new((e, Some(resources))));
+        }
+    }
+    if let Err(e) = super::cr_procfs::unstack(pid) {
+        return Err(Box::new((e, Some(resources))));
+    }
+    resources
+        .finish()
+        .map_err(|source| CrError::Resources {
+            id: id.to_string(),
+            source: Box::new(source),
+        })
+        .map_err(plain)?;
+    if let Some(pf) = &opts.pid_file {
+        write_pid_file(pf, pid).map_err(plain)?;
+    }
+    Ok(pid)
+}
+
+fn undo(r: ferry_engine::container::RestoredResources, id: &str) {
+    if let Err(e) = r.undo() {
+        tracing::error!("undo the restored resources of container {id}: {e}");
+    }
+}
+
+/// runc's pid file: the decimal pid, written to a temporary file and renamed.
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), CrError> {
+    let path: PathBuf = std::path::absolute(path).map_err(CrError::io("resolve path", path))?;
+    let tmp = path.with_extension("ferry-tmp");
+    std::fs::write(&tmp, pid.to_string()).map_err(CrError::io("write pid file", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(CrError::io("rename pid file", &path))
+}

@@ -1,0 +1,143 @@
+//! The config a restore builds its container from: the bundle's own, adjusted for an init that
+//! restores a tree instead of running `process.args`.
+//!
+//! libcontainer's init drops to the config's capabilities, applies its seccomp filter and LSM
+//! profile before the executor runs. The in-place restore needs ferry's own capabilities (clone3
+//! with set_tid, ptrace of its finisher, PR_SET_MM); the restored tasks then take their
+//! credentials, capabilities and seccomp filters from the images, as with runc+CRIU where CRIU
+//! restores them. So the restore config keeps everything else (namespaces, mounts, cgroups,
+//! hostname, devices, hooks) and differs only in: the init's capabilities (ferry's permitted set),
+//! no seccomp, no LSM labels, no terminal (stdio comes from descriptors.json), and absolute
+//! rootfs and bind-source paths (the config is written outside the bundle).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::cr_error::CrError;
+
+/// A config written for one restore, removed on drop.
+pub struct RestoreBundle {
+    dir: tempfile::TempDir,
+}
+
+impl RestoreBundle {
+    /// The directory holding the adjusted config.json.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Writes the restore config for `bundle` into a fresh temporary directory.
+pub fn prepare(bundle: &Path) -> Result<RestoreBundle, CrError> {
+    let config = bundle.join("config.json");
+    let text = std::fs::read(&config).map_err(CrError::io("read bundle config", &config))?;
+    let mut spec: Value = serde_json::from_slice(&text).map_err(|source| CrError::Json {
+        stage: format!("parse {}", config.display()),
+        source,
+    })?;
+    let caps = own_capabilities()?;
+    adjust(&mut spec, bundle, &caps);
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-restore-")
+        .tempdir()
+        .map_err(CrError::io("create restore config directory", "/tmp"))?;
+    let out = dir.path().join("config.json");
+    let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| CrError::Json {
+        stage: format!("encode {}", out.display()),
+        source,
+    })?;
+    std::fs::write(&out, bytes).map_err(CrError::io("write restore config", &out))?;
+    Ok(RestoreBundle { dir })
+}
+
+fn own_capabilities() -> Result<Vec<String>, CrError> {
+    let set = caps::read(None, caps::CapSet::Permitted).map_err(|e| {
+        CrError::io("read ferry's capabilities", "/proc/self/status")(std::io::Error::other(
+            e.to_string(),
+        ))
+    })?;
+    let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Applies the restore adjustments to `spec` (from `bundle`), giving the init `caps`.
+pub fn adjust(spec: &mut Value, bundle: &Path, caps: &[String]) {
+    let abs = |p: &str| -> String {
+        if Path::new(p).is_absolute() {
+            p.to_string()
+        } else {
+            bundle.join(p).to_string_lossy().into_owned()
+        }
+    };
+    if let Some(root) = spec["root"]["path"].as_str().map(abs) {
+        spec["root"]["path"] = Value::String(root);
+    }
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for m in mounts {
+            let bind = m["type"].as_str() == Some("bind")
+                || m["options"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|o| matches!(o.as_str(), Some("bind" | "rbind")));
+            if let Some(src) = m["source"].as_str().filter(|_| bind).map(abs) {
+                m["source"] = Value::String(src);
+            }
+        }
+    }
+    if let Some(p) = spec["process"].as_object_mut() {
+        let list: Vec<Value> = caps.iter().cloned().map(Value::String).collect();
+        let mut c = serde_json::Map::new();
+        for set in ["bounding", "effective", "permitted", "inheritable"] {
+            c.insert(set.into(), Value::Array(list.clone()));
+        }
+        p.insert("capabilities".into(), Value::Object(c));
+        p.insert("terminal".into(), Value::Bool(false));
+        p.remove("apparmorProfile");
+        p.remove("selinuxLabel");
+    }
+    if let Some(l) = spec["linux"].as_object_mut() {
+        l.remove("seccomp");
+    }
+}
+
+/// The bundle of a restore: `--bundle` made absolute, or the current directory.
+pub fn bundle_dir(bundle: Option<&Path>) -> Result<PathBuf, CrError> {
+    match bundle {
+        Some(b) => std::path::absolute(b).map_err(CrError::io("resolve path", b)),
+        None => std::env::current_dir().map_err(CrError::io("read current directory", ".")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_container_and_frees_the_init() {
+        let mut spec = serde_json::json!({
+            "process": {"terminal": true, "args": ["sh"], "apparmorProfile": "p",
+                        "capabilities": {"bounding": ["CAP_KILL"]}},
+            "root": {"path": "rootfs"},
+            "hostname": "h",
+            "mounts": [{"destination": "/d", "type": "bind", "source": "data"},
+                       {"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO"}, "namespaces": []}
+        });
+        adjust(&mut spec, Path::new("/b"), &["CAP_SYS_ADMIN".into()]);
+        assert_eq!(spec["root"]["path"], "/b/rootfs");
+        assert_eq!(spec["mounts"][0]["source"], "/b/data");
+        assert_eq!(spec["mounts"][1]["source"], "proc");
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"][0],
+            "CAP_SYS_ADMIN"
+        );
+        assert_eq!(spec["process"]["terminal"], false);
+        assert!(spec["process"].get("apparmorProfile").is_none());
+        assert!(spec["linux"].get("seccomp").is_none());
+        assert_eq!(spec["hostname"], "h");
+        assert_eq!(spec["process"]["args"][0], "sh");
+    }
+}
