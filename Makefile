@@ -1,7 +1,7 @@
 # ferry — top-level tasks. Run as root on Debian 12.
 #
 #   make demo    install what is needed (setup), build, and run the demo container
-#   make test    setup + build, then unit and end-to-end tests (nextest)
+#   make test    setup + build + lint, then unit and end-to-end tests (nextest)
 #   make lint    rustfmt --check and clippy -D warnings
 #   make bench   benchmarks: lifecycle latency vs runc, engine dump/restore GiB/s
 #   make fuzz    bounded fuzzing of the image reader
@@ -41,7 +41,7 @@ demo: setup build
 # Unit tests and end-to-end tests of every crate; nextest prints its Summary line. Without
 # cargo-nextest, fall back to cargo test (test binaries run one after another, which keeps the
 # podman and containerd tests serialized too).
-test: setup build
+test: setup build lint
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --config-file $(NEXTEST_CONFIG)"; \
