@@ -1,20 +1,13 @@
-//! Builds blobs/parasite into a flat binary, checks it, and generates the Rust that embeds it.
-//!
-//! A nested cargo compiles the no_std blob crate for the host target with the blob's own flags
-//! (position-independent static-pie, no start files, our linker script) into a target dir under
-//! OUT_DIR. `objcopy -O binary` then cuts the flat image, and `elfcheck` fails the build on any
-//! relocation but R_X86_64_RELATIVE, any undefined symbol, TLS or INTERP. The relocation table
-//! (offset, addend) goes into the generated file for the loader, because lld leaves the addends
-//! out of the image itself.
+//! Builds blobs/parasite into a flat binary, checks it, and generates the Rust that embeds it
+//! (the shared discipline is in blobs/build_blob.rs; see docs/blob-abi.md).
 
 #[path = "src/elfcheck.rs"]
 mod elfcheck;
 
-use std::env;
-use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../../blobs/build_blob.rs"]
+mod build_blob;
+
+use std::path::PathBuf;
 
 fn main() {
     if let Err(e) = run() {
@@ -24,140 +17,8 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let blobs = manifest.join("../../blobs");
-    let blobs = blobs
-        .canonicalize()
-        .map_err(|e| format!("blob sources at {}: {e}", blobs.display()))?;
-    for p in [
-        "abi/src",
-        "abi/Cargo.toml",
-        "parasite/src",
-        "parasite/Cargo.toml",
-        "parasite/Cargo.lock",
-        "parasite/parasite.ld",
-    ] {
-        println!("cargo:rerun-if-changed={}", blobs.join(p).display());
-    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
     println!("cargo:rerun-if-changed=src/elfcheck.rs");
-    println!("cargo:rerun-if-env-changed=OBJCOPY");
-
-    let elf = build_blob(
-        &blobs.join("parasite"),
-        "ferry-parasite",
-        "parasite.ld",
-        &out,
-    )?;
-    let bin = out.join("parasite.bin");
-    let elf_copy = out.join("parasite.elf");
-    fs::copy(&elf, &elf_copy).map_err(|e| format!("copy {}: {e}", elf.display()))?;
-    let elf_bytes = fs::read(&elf).map_err(|e| format!("read {}: {e}", elf.display()))?;
-    let checked = elfcheck::check(&elf_bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
-    objcopy(&elf, &bin)?;
-    let flat_len = fs::metadata(&bin).map_err(|e| e.to_string())?.len();
-    if flat_len != checked.image_end {
-        return Err(format!(
-            "{}: objcopy produced {flat_len} bytes, the ELF's image ends at {}",
-            bin.display(),
-            checked.image_end
-        ));
-    }
-
-    let mut gen = String::new();
-    let _ = writeln!(gen, "/// The flat parasite image; entry at offset 0.");
-    let _ = writeln!(
-        gen,
-        "pub static PARASITE_BLOB: &[u8] = include_bytes!({:?});",
-        bin.display().to_string()
-    );
-    let _ = writeln!(
-        gen,
-        "/// RELATIVE relocations of the parasite: (offset, addend), store `base + addend` at `base + offset`."
-    );
-    let _ = write!(gen, "pub static PARASITE_RELOCS: &[(u64, u64)] = &[");
-    for (off, add) in &checked.relocs {
-        let _ = write!(gen, "({off:#x}, {add:#x}), ");
-    }
-    let _ = writeln!(gen, "];");
-    fs::write(out.join("parasite_blob.rs"), gen).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// Runs the nested cargo for one blob crate and returns the path of the linked ELF.
-fn build_blob(dir: &Path, bin_name: &str, script: &str, out: &Path) -> Result<PathBuf, String> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = out.join("blob-target");
-    let flags = [
-        "-C",
-        "relocation-model=pie",
-        "-C",
-        "relro-level=off",
-        "-C",
-        "link-arg=-nostartfiles",
-        "-C",
-        "link-arg=-nostdlib",
-        "-C",
-        "link-arg=-static-pie",
-        "-C",
-        &format!("link-arg=-Wl,-T,{}", dir.join(script).display()),
-    ]
-    .join("\x1f");
-
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(dir)
-        .args(["build", "--release", "--offline", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // The child prefers CARGO_ENCODED_RUSTFLAGS over RUSTFLAGS, and cargo always sets it for
-        // build scripts (to the host crate's flags): replace it with the blob's.
-        .env("CARGO_ENCODED_RUSTFLAGS", flags)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .env_remove("CARGO_MAKEFLAGS")
-        .env_remove("MAKEFLAGS")
-        .env_remove("MFLAGS")
-        // clippy-driver wraps workspace members of the outer build only.
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CLIPPY_ARGS");
-    for (k, _) in env::vars_os() {
-        if k.to_string_lossy().starts_with("CARGO_PROFILE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run nested cargo for {}: {e}", dir.display()))?;
-    if !status.success() {
-        return Err(format!(
-            "nested cargo build of {} failed: {status}",
-            dir.display()
-        ));
-    }
-    Ok(target_dir.join("release").join(bin_name))
-}
-
-fn objcopy(elf: &Path, bin: &Path) -> Result<(), String> {
-    let tool = env::var_os("OBJCOPY").unwrap_or_else(|| "objcopy".into());
-    let mut cmd = Command::new(&tool);
-    cmd.args(["-O", "binary"]);
-    for s in elfcheck::STRIPPED {
-        cmd.args(["-R", s]);
-    }
-    let status = cmd
-        .arg(elf)
-        .arg(bin)
-        .status()
-        .map_err(|e| format!("cannot run {} (binutils): {e}", tool.to_string_lossy()))?;
-    if !status.success() {
-        return Err(format!(
-            "objcopy -O binary {} failed: {status}",
-            elf.display()
-        ));
-    }
-    Ok(())
+    let built = build_blob::build(&build_blob::blobs_dir()?, "parasite", &out)?;
+    build_blob::write_embedding(&out, "parasite", "PARASITE", &built)
 }

@@ -16,6 +16,8 @@
 #![no_main]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+// Shared with the other blob: the memory intrinsics (blobs/mem.rs).
+#[path = "../../mem.rs"]
 mod mem;
 mod sys;
 

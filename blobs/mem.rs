@@ -1,6 +1,6 @@
-//! The memory intrinsics the compiler may call. compiler_builtins exports none of them for this
-//! target, so the blob defines them; string instructions keep the compiler from turning the
-//! bodies back into calls to themselves.
+//! The memory intrinsics the compiler may call, shared by both blobs through `#[path]`.
+//! compiler_builtins exports none of them for this target, so the blob defines them; string
+//! instructions keep the compiler from turning the bodies back into calls to themselves.
 
 use core::arch::asm;
 
