@@ -244,7 +244,7 @@ pub fn describe(e: &pb::InetSkEntry) -> String {
 
 /// Whether the socket behind `fd` is an inet one (so this module dumps it).
 pub fn is_inet(fd: &Fd) -> bool {
-    let Ok(sk) = diag::take_fd(fd.pid, fd.fd) else {
+    let Ok(sk) = super::borrow(fd.pid, fd.fd) else {
         return false;
     };
     matches!(
@@ -296,7 +296,7 @@ impl InetDump {
             }
         };
         let first = format!("inode {ino}");
-        let sk = diag::take_fd(pid, n).map_err(sys(&first, "pidfd_getfd"))?;
+        let sk = super::borrow(pid, n).map_err(sys(&first, "pidfd_getfd"))?;
         let raw = sk.as_raw_fd();
         let family =
             getint(raw, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(sys(&first, "SO_DOMAIN"))?;

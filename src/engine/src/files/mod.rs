@@ -33,6 +33,7 @@ pub mod pty;
 pub mod reg;
 pub mod restore;
 pub mod signalfd;
+pub mod sock_diag;
 pub mod timerfd;
 pub mod tty;
 pub mod unix;

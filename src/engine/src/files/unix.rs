@@ -376,7 +376,7 @@ impl UnixDump {
                 None => deleted = Some(true),
             }
         }
-        let sk = unix_diag::take_fd(pid, fd).map_err(sys("pidfd_getfd"))?;
+        let sk = super::borrow(pid, fd).map_err(sys("pidfd_getfd"))?;
         let opts = dump_opts(sk.as_raw_fd()).map_err(sys("getsockopt"))?;
         if d.state != TCP_LISTEN {
             let queue = peek_queue(&sk, d.ty).map_err(unsupported)?;

@@ -11,7 +11,8 @@
 //! namespace, so a tree in a namespace of its own is seen as it sees itself.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::files::sock_diag::{self, u16_at, u32_at, NLMSG_HDR, SOCK_DIAG_BY_FAMILY};
 
 /// One unix socket as sock_diag reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +39,6 @@ pub struct SkDiag {
     pub shutdown: u8,
 }
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 0x01;
 const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_PEER: u32 = 0x04;
@@ -50,16 +50,7 @@ const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
-const NLMSG_HDR: usize = 16;
 const UDIAG_MSG: usize = 16;
-
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
 
 /// The request: every state, every attribute ferry needs.
 fn request() -> Vec<u8> {
@@ -114,105 +105,22 @@ pub fn parse_msg(p: &[u8]) -> Option<SkDiag> {
     Some(d)
 }
 
-/// Runs the dump on `sk` and collects the answers by inode.
-fn dump_on(sk: &OwnedFd) -> std::io::Result<HashMap<u32, SkDiag>> {
-    let req = request();
-    // SAFETY: sending a fully initialised buffer on a netlink socket we own.
-    if unsafe { libc::send(sk.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = HashMap::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receiving into a buffer we own, within its length.
-        let n = unsafe { libc::recv(sk.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let b = &buf[..n as usize];
-        let mut o = 0;
-        while o + NLMSG_HDR <= b.len() {
-            let len = u32_at(b, o).unwrap_or(0) as usize;
-            let ty = u16_at(b, o + 4).unwrap_or(0);
-            if len < NLMSG_HDR || o + len > b.len() {
-                return Err(std::io::Error::other("truncated sock_diag message"));
-            }
-            match i32::from(ty) {
-                libc::NLMSG_DONE => return Ok(out),
-                libc::NLMSG_ERROR => {
-                    let e = u32_at(b, o + NLMSG_HDR).unwrap_or(0) as i32;
-                    return Err(std::io::Error::from_raw_os_error(-e));
-                }
-                _ => {
-                    let d = parse_msg(&b[o + NLMSG_HDR..o + len])
-                        .ok_or_else(|| std::io::Error::other("malformed unix_diag_msg"))?;
-                    out.insert(d.ino, d);
-                }
-            }
-            o += len.next_multiple_of(4);
-        }
-    }
-}
-
-fn netlink() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Every unix socket of the network namespace `pid` lives in, by inode.
 pub fn collect(pid: i32) -> std::io::Result<HashMap<u32, SkDiag>> {
-    let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    let theirs = format!("/proc/{pid}/ns/net");
-    if ns(&theirs)? == ns("/proc/thread-self/ns/net")? {
-        return dump_on(&netlink()?);
-    }
-    // setns(CLONE_NEWNET) changes only the calling thread, and a netlink socket keeps the
-    // namespace it was made in: a short-lived thread makes it there.
-    let nsf = std::fs::File::open(&theirs)?;
-    let sk = std::thread::spawn(move || -> std::io::Result<OwnedFd> {
-        // SAFETY: setns on an fd we hold, in a thread that does nothing else afterwards.
-        if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        netlink()
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("sock_diag helper thread panicked"))??;
-    dump_on(&sk)
-}
-
-/// A copy of fd `fd` of task `pid` (the same open file description), by pidfd_getfd.
-pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags only.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pidfd is fresh and ours.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd duplicates the target's fd into ours; no memory is passed.
-    let n = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: n is a fresh fd of this process.
-    Ok(unsafe { OwnedFd::from_raw_fd(n as i32) })
+    let sk = sock_diag::socket_of(pid)?;
+    let mut out = HashMap::new();
+    sock_diag::dump(&sk, &request(), "sock_diag", |m| {
+        let d = parse_msg(m).ok_or_else(|| std::io::Error::other("malformed unix_diag_msg"))?;
+        out.insert(d.ino, d);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     #[test]
     fn sees_a_socketpair_with_its_queue() {
