@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use restore_common::{exists, kill_all, log_of, restore};
 
-/// Builds the workload once per source version, under a file lock (nextest runs test
-/// processes in parallel).
-fn workload_bin() -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/unix_sk.c");
+/// Builds workload `name` (tests/workloads/NAME.c) once per source version, under a file lock
+/// (nextest runs test processes in parallel).
+fn workload_bin(name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
     let text = std::fs::read(&src).unwrap();
     let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join(format!("ferry-unix-sk-{hash:016x}"));
+    let out = dir.join(format!("ferry-{name}-{hash:016x}"));
     let lock = std::fs::File::create(dir.join("ferry-unix-sk.lock")).unwrap();
     // SAFETY: flock on a file we hold open; released when it is closed.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
@@ -36,7 +36,7 @@ fn workload_bin() -> PathBuf {
             .arg(&src)
             .status()
             .expect("run gcc");
-        assert!(st.success(), "gcc unix_sk.c failed: {st}");
+        assert!(st.success(), "gcc {name}.c failed: {st}");
         std::fs::rename(&tmp, &out).unwrap();
     }
     out
@@ -68,17 +68,26 @@ fn children(pid: u32) -> Vec<u32> {
 
 impl Workload {
     fn start(mode: &str) -> Workload {
+        Workload::start_of("unix_sk", mode)
+    }
+
+    /// Mode `mode` of workload `bin`.
+    fn start_of(bin: &str, mode: &str) -> Workload {
         let dir = tempfile::Builder::new()
             .prefix("fus")
             .tempdir_in("/tmp")
             .unwrap();
-        Workload::start_in(mode, dir)
+        Workload::start_bin(bin, mode, dir)
     }
 
     fn start_in(mode: &str, dir: tempfile::TempDir) -> Workload {
+        Workload::start_bin("unix_sk", mode, dir)
+    }
+
+    fn start_bin(bin: &str, mode: &str, dir: tempfile::TempDir) -> Workload {
         // SAFETY: prctl with integer arguments: restored trees become ours to reap.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let mut c = Command::new(workload_bin());
+        let mut c = Command::new(workload_bin(bin));
         c.args([mode]).arg(dir.path());
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -396,10 +405,96 @@ fn out_of_band_bytes_are_refused_and_kept() {
     w.verify();
 }
 
+/// Files in flight (SCM_RIGHTS) in a datagram and a stream queue: a pipe read end with data
+/// behind it, a regular file at an offset that the task also holds, another only in flight,
+/// one end of another socketpair whose own queue carries an eventfd, the pipe twice. The
+/// workload receives them after two cycles and checks contents, offsets, flags and sharing.
 #[test]
-fn fds_in_flight_are_refused_and_kept() {
-    let w = Workload::start("rights");
-    expect_refused(&w, &[], &["fd 4", "SCM_RIGHTS", "unix socket inode"]);
+fn files_in_flight_survive_two_cycles() {
+    let w = Workload::start_of("unix_scm", "inflight");
+    two_rounds(&w, &[], &|d| {
+        let json = |img| -> serde_json::Value { serde_json::from_str(&crit(d, img)).unwrap() };
+        let files = json("files.img");
+        let entries = files["entries"].as_array().unwrap();
+        let by_id = |id: &serde_json::Value| {
+            entries
+                .iter()
+                .find(|e| &e["id"] == id)
+                .unwrap_or_else(|| panic!("file id {id} in flight is not in files.img"))
+        };
+        let q = json("sk-queues.img");
+        let scms: Vec<&serde_json::Value> = q["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.get("scm"))
+            .collect();
+        // "files" and "sock" on the datagram pair, the last byte of "def" on the stream, the
+        // last byte of "efd" in the queue of the socket in flight.
+        assert_eq!(scms.len(), 4, "{q}");
+        let kinds: Vec<Vec<String>> = scms
+            .iter()
+            .map(|s| {
+                assert_eq!(s[0]["type"], 1, "SCM_RIGHTS: {s}");
+                s[0]["rights"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| {
+                        let e = by_id(id);
+                        match e["type"].as_str().unwrap() {
+                            "REG" => format!("REG@{}", e["reg"]["pos"]),
+                            t => t.to_string(),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        assert!(
+            kinds.contains(&vec!["PIPE".into(), "REG@5".into(), "REG@7".into()]),
+            "{kinds:?}"
+        );
+        assert!(kinds.contains(&vec!["UNIXSK".into()]), "{kinds:?}");
+        assert!(kinds.contains(&vec!["PIPE".into()]), "{kinds:?}");
+        assert!(kinds.contains(&vec!["EVENTFD".into()]), "{kinds:?}");
+        // The pipe passed twice is one entry, the read end of the task's pipe.
+        let pipe_ids: Vec<&serde_json::Value> = scms
+            .iter()
+            .flat_map(|s| s[0]["rights"].as_array().unwrap())
+            .filter(|id| by_id(id)["type"] == "PIPE")
+            .collect();
+        assert_eq!(pipe_ids[0], pipe_ids[1], "{q}");
+        let pipe = &by_id(pipe_ids[0])["pipe"]["pipe_id"];
+        let ends = entries.iter().filter(|e| &e["pipe"]["pipe_id"] == pipe);
+        assert_eq!(
+            ends.count(),
+            2,
+            "the pipe's write end is the task's: {files}"
+        );
+        let efd = entries.iter().find(|e| e["type"] == "EVENTFD").unwrap();
+        assert_eq!(efd["efd"]["counter"], 7);
+    });
+    w.verify();
+}
+
+#[test]
+fn a_socket_carrying_itself_is_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "loop");
+    expect_refused(&w, &[], &["fd 4", "carries itself", "unix socket inode"]);
+    w.verify();
+}
+
+#[test]
+fn credentials_a_restore_would_change_are_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "creds");
+    expect_refused(&w, &[], &["fd 4", "SCM_CREDENTIALS", "uid 4242"]);
+    w.verify();
+}
+
+#[test]
+fn too_many_fds_in_flight_are_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "many");
+    expect_refused(&w, &[], &["fd 4", "more than 4096", "SCM_RIGHTS"]);
     w.verify();
 }
 

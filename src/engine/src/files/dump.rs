@@ -358,7 +358,12 @@ impl FileTable {
         Ok(out)
     }
 
-    fn dump_fd(&mut self, pid: i32, fd: i32, shell_job: bool) -> Result<pb::FdinfoEntry> {
+    pub(crate) fn dump_fd(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        shell_job: bool,
+    ) -> Result<pb::FdinfoEntry> {
         let link = format!("/proc/{pid}/fd/{fd}");
         let err = |path: String| {
             move |source| FilesError::Proc {

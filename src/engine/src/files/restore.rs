@@ -265,6 +265,8 @@ pub fn prepare(
         }
         p.out.fds.insert(fi.id, lift(fd, min_fd, "fd")?);
     }
+    // Files in flight in unix socket queues: opened (or taken from the tasks') and sent.
+    super::unix::scm::send_in_flight(&mut p)?;
     p.pipes.fill(dir)?;
     p.ptys.finish();
     p.out.locks = super::locks::load(dir)?;
@@ -300,7 +302,7 @@ pub fn prepare(
 }
 
 /// The description of one files.img entry. Add your kind here.
-fn open_fd(
+pub(crate) fn open_fd(
     p: &mut Prep,
     pid: u32,
     fi: &pb::FdinfoEntry,

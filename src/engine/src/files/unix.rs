@@ -14,7 +14,7 @@
 //! the listener (CRIU's rule), so restore connects it again.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use ferry_images::{pb, ImageDir};
@@ -23,8 +23,14 @@ use super::dump::{Fd, FileTable, FilesError};
 
 #[path = "unix_diag.rs"]
 pub mod diag;
+#[path = "unix_queue.rs"]
+pub mod queue;
 #[path = "unix_restore.rs"]
 pub mod restore;
+#[path = "unix_scm.rs"]
+pub mod scm;
+
+pub use queue::peek_queue;
 
 use diag as unix_diag;
 use diag::SkDiag;
@@ -63,6 +69,14 @@ pub enum UnixError {
     /// sk-queues.img could not be written.
     #[error("dump: writing sk-queues.img: {0}")]
     Image(String),
+    /// A file in flight (SCM_RIGHTS) in the socket's queue ferry cannot dump.
+    #[error("task {pid}: fd {fd}: unix socket inode {ino}: dump: {what}")]
+    InFlight {
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        what: String,
+    },
     /// The peer is outside the dumped tree.
     #[error("task {pid}: fd {fd}: unix socket inode {ino} is connected to socket inode {peer} outside the dumped tree{hint}")]
     External {
@@ -83,6 +97,9 @@ pub struct Queued {
     pub entry: pb::SkPacketEntry,
     /// The queued bytes.
     pub data: Vec<u8>,
+    /// Files in flight with them: indexes in [`UnixDump::flight`], turned into the entry's
+    /// `scm` once they are dumped.
+    pub rights: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -101,6 +118,13 @@ pub struct UnixDump {
     socks: Vec<Rec>,
     /// Queued data for sk-queues.img, in dump order.
     pub queues: Vec<Queued>,
+    /// Descriptions in flight in the queues, held by ferry until the dump ends.
+    pub flight: Vec<scm::Flight>,
+    /// fds in flight seen so far (a description passed twice counts twice).
+    refs: usize,
+    /// While a file in flight is dumped: the task, fd and socket inode whose queue holds it
+    /// (its network namespace and root are the task's, its errors name them).
+    ctx: Option<(i32, i32, u32)>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> std::io::Result<T> {
@@ -153,145 +177,6 @@ pub fn dump_opts(fd: RawFd) -> std::io::Result<pb::SkOptsEntry> {
     })
 }
 
-/// Closes the fds an SCM_RIGHTS message put into this process; says whether there were any,
-/// and whether SCM_CREDENTIALS came along.
-fn scan_cmsgs(ctl: &[u8], ctl_len: usize) -> (bool, bool) {
-    let (mut rights, mut creds) = (false, false);
-    let mut o = 0;
-    let hdr = std::mem::size_of::<libc::cmsghdr>();
-    while o + hdr <= ctl_len.min(ctl.len()) {
-        // SAFETY: reading a cmsghdr the kernel wrote inside `ctl` (unaligned read).
-        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(ctl[o..].as_ptr().cast()) };
-        let len = h.cmsg_len;
-        if len < hdr || o + len > ctl_len.min(ctl.len()) {
-            break;
-        }
-        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_CREDENTIALS {
-            creds = true;
-        }
-        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-            rights = true;
-            for c in ctl[o + hdr..o + len].chunks_exact(4) {
-                let fd = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-                // SAFETY: the kernel just installed this fd in ferry for the peek; nobody
-                // else knows it.
-                unsafe { libc::close(fd) };
-            }
-        }
-        o += len.next_multiple_of(std::mem::size_of::<usize>());
-    }
-    (rights, creds)
-}
-
-/// Reads the receive queue of `sk` without consuming it: one buffer per datagram, or the
-/// whole stream as one.
-pub fn peek_queue(sk: &OwnedFd, ty: u32) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let fd = sk.as_raw_fd();
-    let stream = ty == libc::SOCK_STREAM as u32;
-    let get = |opt, what| {
-        getopt::<libc::c_int>(fd, libc::SOL_SOCKET, opt).map_err(|e| format!("{what}: {e}"))
-    };
-    let orig = get(libc::SO_PEEK_OFF, "SO_PEEK_OFF")?;
-    if stream {
-        // An out-of-band byte would come back in-band: refuse it (peeking with MSG_OOB does
-        // not consume it; EINVAL means there is none).
-        let mut b = 0u8;
-        // SAFETY: receiving at most one byte into `b`.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut b as *mut u8).cast(),
-                1,
-                libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 1 {
-            return Err("an out-of-band byte (MSG_OOB) in its queue".into());
-        }
-    }
-    // A datagram peek answers 0 both for an empty datagram and for the end of a read-shut
-    // queue; with SO_PASSCRED on, only a real datagram comes with SCM_CREDENTIALS.
-    let cred = if stream {
-        None
-    } else {
-        let c = get(libc::SO_PASSCRED, "SO_PASSCRED")?;
-        setopt(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, &1)
-            .map_err(|e| format!("SO_PASSCRED: {e}"))?;
-        Some(c)
-    };
-    let r = peek_all(fd, stream);
-    // The task's own peek offset and SO_PASSCRED come back whatever happened.
-    let back = setopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &orig);
-    let back2 = cred.map_or(Ok(()), |c| {
-        setopt(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, &c)
-    });
-    let out = r?;
-    back.map_err(|e| format!("restoring SO_PEEK_OFF: {e}"))?;
-    back2.map_err(|e| format!("restoring SO_PASSCRED: {e}"))?;
-    Ok(out)
-}
-
-fn peek_all(fd: RawFd, stream: bool) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut ctl = vec![0u8; 4096];
-    let mut off: libc::c_int = 0;
-    for _ in 0..1_000_000 {
-        setopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &off)
-            .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data; the pointers set below stay valid for the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.as_mut_ptr().cast();
-        msg.msg_controllen = ctl.len();
-        let mut flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
-        if !stream {
-            flags |= libc::MSG_TRUNC;
-        }
-        // SAFETY: `msg` describes buffers owned by this function.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EAGAIN) {
-                return Ok(out);
-            }
-            return Err(format!("recvmsg(MSG_PEEK): {e}"));
-        }
-        let (rights, creds) = scan_cmsgs(&ctl, msg.msg_controllen);
-        if rights || msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err("SCM_RIGHTS (file descriptors) in flight in its queue".into());
-        }
-        let n = n as usize;
-        if !stream && n == 0 && !creds {
-            return Ok(out); // end of a read-shut datagram queue
-        }
-        if !stream && n > buf.len() {
-            buf.resize(n, 0);
-            continue; // peek the same datagram again, whole
-        }
-        if stream {
-            if n == 0 {
-                return Ok(out); // end of stream after a shutdown
-            }
-            match out.first_mut() {
-                Some(v) => v.extend_from_slice(&buf[..n]),
-                None => out.push(buf[..n].to_vec()),
-            }
-        } else {
-            out.push(buf[..n].to_vec());
-        }
-        off = off
-            .checked_add(n as libc::c_int)
-            .ok_or("queue larger than 2 GiB")?;
-    }
-    Err("receive queue does not end".into())
-}
-
 /// sk_shutdown bits to the image's enum (RCV_SHUTDOWN = READ, SEND_SHUTDOWN = WRITE).
 pub fn encode_shutdown(bits: u8) -> Option<i32> {
     (bits & 3 != 0).then_some(i32::from(bits & 3))
@@ -303,7 +188,17 @@ fn same_dev(kdev: u32, st_dev: u64) -> bool {
 }
 
 impl UnixDump {
+    /// The task whose namespaces hold what ferry's own fd `pid` refers to (a file in flight is
+    /// looked at through the task that holds its queue).
+    fn ns_pid(&self, pid: i32) -> i32 {
+        match self.ctx {
+            Some((owner, _, _)) if pid == std::process::id() as i32 => owner,
+            _ => pid,
+        }
+    }
+
     fn table(&mut self, pid: i32) -> Result<&HashMap<u32, SkDiag>> {
+        let pid = self.ns_pid(pid);
         let ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
             .map(|m| m.ino())
             .map_err(|source| UnixError::Diag { pid, source })?;
@@ -340,6 +235,12 @@ impl UnixDump {
             .and_then(|i| self.table(pid).ok()?.get(&i).cloned())
             .ok_or(UnixError::NotUnix { pid, fd, ino })?;
         let ino = d.ino;
+        // A file in flight answers for the task whose queue holds it.
+        let (src_pid, src_fd) = (pid, fd);
+        let (pid, fd) = match self.ctx {
+            Some((p, f, _)) if pid == std::process::id() as i32 => (p, f),
+            _ => (pid, fd),
+        };
         let unsupported = |what: String| UnixError::Unsupported { pid, fd, ino, what };
         let sys = |op| {
             move |source| UnixError::Sys {
@@ -360,7 +261,11 @@ impl UnixDump {
                 )));
             }
             let bare = name.split(|&b| b == 0).next().unwrap_or_default();
-            let path = format!("/proc/{pid}/root{}", String::from_utf8_lossy(bare));
+            let path = format!(
+                "/proc/{}/root{}",
+                self.ns_pid(src_pid),
+                String::from_utf8_lossy(bare)
+            );
             let live = std::fs::symlink_metadata(&path).ok().filter(|m| {
                 d.vfs
                     .is_some_and(|(dev, i)| u64::from(i) == m.ino() && same_dev(dev, m.dev()))
@@ -376,18 +281,21 @@ impl UnixDump {
                 None => deleted = Some(true),
             }
         }
-        let sk = super::borrow(pid, fd).map_err(sys("pidfd_getfd"))?;
+        let sk = super::borrow(src_pid, src_fd).map_err(sys("pidfd_getfd"))?;
         let opts = dump_opts(sk.as_raw_fd()).map_err(sys("getsockopt"))?;
         if d.state != TCP_LISTEN {
             let queue = peek_queue(&sk, d.ty).map_err(unsupported)?;
-            for data in queue {
+            let owner = self.ctx.unwrap_or((pid, fd, ino));
+            for p in queue {
+                let rights = self.hold(owner, p.rights)?;
                 self.queues.push(Queued {
                     entry: pb::SkPacketEntry {
                         id_for: id,
-                        length: data.len() as u32,
+                        length: p.data.len() as u32,
                         scm: Vec::new(),
                     },
-                    data,
+                    data: p.data,
+                    rights,
                 });
             }
         }
@@ -605,6 +513,7 @@ impl FileTable {
     /// Tree-wide unix socket checks, once every task's fds are dumped and before files.img is
     /// written (see [`UnixDump::finish`]).
     pub fn finish_unix(&mut self, ext_unix_sk: bool) -> std::result::Result<(), FilesError> {
+        self.dump_in_flight()?;
         Ok(self.unix.finish(&mut self.entries, ext_unix_sk)?)
     }
 }
@@ -618,97 +527,6 @@ pub fn established_stream(u: &pb::UnixSkEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
-
-    fn pair(ty: i32) -> (OwnedFd, OwnedFd) {
-        let mut sv = [0i32; 2];
-        // SAFETY: room for two fds.
-        let r = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, sv.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        // SAFETY: fresh fds we own.
-        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) }
-    }
-
-    fn send(fd: &OwnedFd, b: &[u8]) {
-        // SAFETY: sending from a valid buffer.
-        let n = unsafe { libc::send(fd.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
-        assert_eq!(n, b.len() as isize);
-    }
-
-    #[test]
-    fn peeks_datagrams_one_by_one_and_leaves_them() {
-        let (a, b) = pair(libc::SOCK_SEQPACKET);
-        send(&a, b"one");
-        send(&a, b"");
-        send(&a, &vec![7u8; 100_000]);
-        let q = peek_queue(&b, libc::SOCK_SEQPACKET as u32).unwrap();
-        assert_eq!(q.len(), 3);
-        assert_eq!(q[0], b"one");
-        assert!(q[1].is_empty());
-        assert_eq!(q[2].len(), 100_000);
-        let off: libc::c_int = getopt(b.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap();
-        assert_eq!(off, -1, "the peek offset is put back");
-        let mut buf = [0u8; 8];
-        // SAFETY: reading into `buf`.
-        let n = unsafe { libc::recv(b.as_raw_fd(), buf.as_mut_ptr().cast(), 8, 0) };
-        assert_eq!(&buf[..n as usize], b"one");
-    }
-
-    #[test]
-    fn peeks_a_stream_whole() {
-        let (a, b) = pair(libc::SOCK_STREAM);
-        for i in 0..50u8 {
-            send(&a, &[i; 1000]);
-        }
-        let q = peek_queue(&b, libc::SOCK_STREAM as u32).unwrap();
-        assert_eq!(q.len(), 1);
-        assert_eq!(q[0].len(), 50_000);
-        assert!(q[0]
-            .chunks(1000)
-            .enumerate()
-            .all(|(i, c)| c.iter().all(|&x| x == i as u8)));
-    }
-
-    #[test]
-    fn refuses_rights_in_flight() {
-        let (a, b) = pair(libc::SOCK_DGRAM);
-        let fds = [a.as_raw_fd()];
-        let mut ctl = [0u8; 64];
-        let mut iov = libc::iovec {
-            iov_base: b"x".as_ptr() as *mut _,
-            iov_len: 1,
-        };
-        // SAFETY: msghdr is plain data; every pointer below is valid for the call.
-        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = ctl.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE computes a size.
-        m.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-        // SAFETY: the control buffer has room for one cmsg with one fd.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&m);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), 4);
-        }
-        // SAFETY: sending the message built above.
-        assert_eq!(unsafe { libc::sendmsg(a.as_raw_fd(), &m, 0) }, 1);
-        let e = peek_queue(&b, libc::SOCK_DGRAM as u32).unwrap_err();
-        assert!(e.contains("SCM_RIGHTS"), "{e}");
-    }
-
-    #[test]
-    fn refuses_an_out_of_band_byte() {
-        let (a, b) = pair(libc::SOCK_STREAM);
-        send(&a, b"abc");
-        // SAFETY: sending one byte from a static buffer.
-        let n = unsafe { libc::send(a.as_raw_fd(), b"X".as_ptr().cast(), 1, libc::MSG_OOB) };
-        assert_eq!(n, 1);
-        let e = peek_queue(&b, libc::SOCK_STREAM as u32).unwrap_err();
-        assert!(e.contains("MSG_OOB"), "{e}");
-    }
 
     #[test]
     fn shutdown_bits_map_to_the_image_enum() {

@@ -49,9 +49,14 @@ pub struct Sockets {
     fds: BTreeMap<u32, OwnedFd>,
     /// Socket files this restore created, removed again if it fails half-way.
     bound: Vec<std::path::PathBuf>,
+    /// Messages that carry files (and the rest of their receivers' queues), sent once every
+    /// file is open (see `super::scm::send_in_flight`).
+    pub(crate) deferred: Vec<super::scm::Deferred>,
+    /// What waits for those messages: shutdowns (id, inode, how) and names to unlink.
+    post: (Vec<(u32, u32, i32)>, Vec<std::path::PathBuf>),
 }
 
-fn sockaddr(name: &[u8]) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
+pub(super) fn sockaddr(name: &[u8]) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data; all-zero is valid.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     a.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -187,45 +192,6 @@ fn set_opts(fd: RawFd, o: &pb::SkOptsEntry, fresh: &pb::SkOptsEntry) -> std::io:
     Ok(())
 }
 
-fn send_all(fd: RawFd, data: &[u8], to: Option<&[u8]>, stream: bool) -> std::io::Result<()> {
-    let addr = match to {
-        Some(n) => {
-            Some(sockaddr(n).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?)
-        }
-        None => None,
-    };
-    let mut done = 0;
-    loop {
-        let rest = &data[done..];
-        // SAFETY: sending from a valid buffer, to a valid address if any.
-        let n = unsafe {
-            match &addr {
-                Some((a, len)) => libc::sendto(
-                    fd,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    (a as *const libc::sockaddr_un).cast(),
-                    *len,
-                ),
-                None => libc::send(
-                    fd,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                ),
-            }
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        done += n as usize;
-        if !stream || done >= data.len() {
-            return Ok(());
-        }
-    }
-}
-
 impl Sockets {
     /// A description for files.img id `id` (rebuilding every socket on first use).
     pub fn open(&mut self, dir: &ImageDir, id: u32) -> Result<OwnedFd> {
@@ -241,6 +207,8 @@ impl Sockets {
                     let _ = std::fs::remove_file(p);
                 }
                 self.fds.clear();
+                self.deferred.clear();
+                self.post = Default::default();
                 return Err(e);
             }
             self.built = true;
@@ -389,19 +357,13 @@ impl Sockets {
         }
         self.requeue(dir, &usk, &by_ino, &mates, &partners)?;
         for u in usk.values() {
-            let fd = self.fds[&u.id].as_raw_fd();
             let how = match u.shutdown.unwrap_or(0) {
                 1 => libc::SHUT_RD,
                 2 => libc::SHUT_WR,
                 3 => libc::SHUT_RDWR,
                 _ => continue,
             };
-            // SAFETY: shutdown on a socket we own.
-            let r = unsafe { libc::shutdown(fd, how) };
-            // A socket whose peer is gone may already be shut down (ENOTCONN): fine.
-            if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTCONN) {
-                return Err(sys(u, "shutdown")(std::io::Error::last_os_error()));
-            }
+            self.post.0.push((u.id, u.ino, how));
         }
         for u in usk.values() {
             let fd = self.fds[&u.id].as_raw_fd();
@@ -409,15 +371,43 @@ impl Sockets {
             // SAFETY: F_SETFL on a socket we own.
             check(unsafe { libc::fcntl(fd, libc::F_SETFL, fl) }).map_err(sys(u, "F_SETFL"))?;
         }
-        for p in unlink_after {
+        self.post.1 = unlink_after;
+        drop(partners);
+        // Messages with files in flight wait for those files; what would stop them from being
+        // sent waits for them.
+        if self.deferred.is_empty() {
+            self.finish_post()?;
+        }
+        Ok(())
+    }
+
+    /// Shuts down what was shut down and unlinks what was unlinked, once every queued message
+    /// is sent.
+    pub(crate) fn finish_post(&mut self) -> Result<()> {
+        for (id, ino, how) in std::mem::take(&mut self.post.0) {
+            let Some(fd) = self.fds.get(&id) else {
+                continue;
+            };
+            // SAFETY: shutdown on a socket we own.
+            let r = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+            // A socket whose peer is gone may already be shut down (ENOTCONN): fine.
+            if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTCONN) {
+                return Err(UnixRestoreError::Sys {
+                    id,
+                    ino,
+                    stage: "shutdown".into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        for p in std::mem::take(&mut self.post.1) {
             let _ = std::fs::remove_file(p);
         }
-        drop(partners);
         Ok(())
     }
 
     fn requeue(
-        &self,
+        &mut self,
         dir: &ImageDir,
         usk: &BTreeMap<u32, &pb::UnixSkEntry>,
         by_ino: &BTreeMap<u32, &pb::UnixSkEntry>,
@@ -435,16 +425,22 @@ impl Sockets {
         let data = dir.read(IMG).map_err(|e| ierr(&e))?;
         let mut r = ImageReader::new(IMG, &data).map_err(|e| ierr(&e))?;
         let mut temps: BTreeMap<u32, OwnedFd> = BTreeMap::new();
+        let mut packets = Vec::new();
         while let Some(e) = r.next_entry::<pb::SkPacketEntry>().map_err(|e| ierr(&e))? {
             let bytes = r
                 .raw(u64::from(e.length), "queued data")
                 .map_err(|e| ierr(&e))?;
-            if !e.scm.is_empty() {
-                return Err(ierr(&format!(
-                    "queued data for socket id {} carries SCM messages, which ferry does not restore",
-                    e.id_for
-                )));
-            }
+            let rights = super::scm::rights_of(&e)
+                .map_err(|w| ierr(&format!("queued data for socket id {}: {w}", e.id_for)))?;
+            packets.push((e, bytes, rights));
+        }
+        // A receiver with files in flight gets its whole queue later, in order.
+        let with_rights: std::collections::BTreeSet<u32> = packets
+            .iter()
+            .filter(|p| !p.2.is_empty())
+            .map(|p| p.0.id_for)
+            .collect();
+        for (e, bytes, rights) in packets {
             let x = usk.get(&e.id_for).ok_or_else(|| {
                 ierr(&format!(
                     "queued data for file id {}, which is no unix socket",
@@ -494,7 +490,24 @@ impl Sockets {
                     what: "queued data with no socket that could send it again".into(),
                 });
             };
-            send_all(fd, bytes, to, stream).map_err(serr)?;
+            if with_rights.contains(&x.id) {
+                // SAFETY: F_DUPFD_CLOEXEC on an fd we hold; the result is a new fd we own.
+                let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if n < 0 {
+                    return Err(serr(std::io::Error::last_os_error()));
+                }
+                self.deferred.push(super::scm::Deferred {
+                    // SAFETY: n is a fresh fd we own.
+                    sender: unsafe { OwnedFd::from_raw_fd(n) },
+                    to: to.map(<[u8]>::to_vec),
+                    receiver: x.id,
+                    stream,
+                    rights,
+                    data: bytes.to_vec(),
+                });
+                continue;
+            }
+            super::queue::send_msg(fd, bytes, &[], to, stream).map_err(serr)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
  * file system), shutdown (SHUT_WR, SHUT_RD, a peer that closed), ext (stream and datagram
  * sockets connected to sockets of the test, outside the tree), pending-data (a connection not
  * accepted yet that already carries data), blocked (a child blocked in recv and accept while
- * dumped), oob (an out-of-band byte), rights (an fd in flight). */
+ * dumped), oob (an out-of-band byte). Files in flight (SCM_RIGHTS): unix_scm.c. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -542,33 +542,6 @@ static void mode_pending_data(void)
 	unlink(path);
 }
 
-static void mode_rights(void)
-{
-	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
-	char cbuf[CMSG_SPACE(sizeof(int))];
-	struct iovec io = { .iov_base = "r", .iov_len = 1 };
-	struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
-			    .msg_controllen = sizeof(cbuf) };
-	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	int one = 0;
-	memcpy(CMSG_DATA(c), &one, sizeof(int));
-	CHECK(sendmsg(sv[0], &m, 0) == 1, "sendmsg SCM_RIGHTS");
-	put("ready", "ready");
-	wait_go();
-	char b[4];
-	char cb2[CMSG_SPACE(sizeof(int))];
-	struct iovec io2 = { .iov_base = b, .iov_len = sizeof(b) };
-	struct msghdr m2 = { .msg_iov = &io2, .msg_iovlen = 1, .msg_control = cb2,
-			     .msg_controllen = sizeof(cb2) };
-	CHECK(recvmsg(sv[1], &m2, MSG_DONTWAIT) == 1, "recvmsg");
-	struct cmsghdr *r = CMSG_FIRSTHDR(&m2);
-	CHECK(r && r->cmsg_type == SCM_RIGHTS, "the fd in flight was lost");
-}
-
 int main(int argc, char **argv)
 {
 	if (argc != 3)
@@ -597,8 +570,6 @@ int main(int argc, char **argv)
 		mode_oob();
 	else if (!strcmp(m, "pending-data"))
 		mode_pending_data();
-	else if (!strcmp(m, "rights"))
-		mode_rights();
 	else
 		return 2;
 	put("result", "PASS");
