@@ -429,9 +429,9 @@ fn files_in_flight_survive_two_cycles() {
             .iter()
             .filter_map(|e| e.get("scm"))
             .collect();
-        // "files" and "sock" on the datagram pair, the last byte of "def" on the stream, the
-        // last byte of "efd" in the queue of the socket in flight.
-        assert_eq!(scms.len(), 4, "{q}");
+        // "files", "sock" and "listener" on the datagram pair, the last byte of "def" on the
+        // stream, the last byte of "efd" in the queue of the socket in flight.
+        assert_eq!(scms.len(), 5, "{q}");
         let kinds: Vec<Vec<String>> = scms
             .iter()
             .map(|s| {
@@ -454,7 +454,12 @@ fn files_in_flight_survive_two_cycles() {
             kinds.contains(&vec!["PIPE".into(), "REG@5".into(), "REG@7".into()]),
             "{kinds:?}"
         );
-        assert!(kinds.contains(&vec!["UNIXSK".into()]), "{kinds:?}");
+        let socks = kinds.iter().filter(|k| *k == &vec!["UNIXSK".to_string()]);
+        assert_eq!(
+            socks.count(),
+            2,
+            "a socket and a listener in flight: {kinds:?}"
+        );
         assert!(kinds.contains(&vec!["PIPE".into()]), "{kinds:?}");
         assert!(kinds.contains(&vec!["EVENTFD".into()]), "{kinds:?}");
         // The pipe passed twice is one entry, the read end of the task's pipe.
@@ -473,6 +478,11 @@ fn files_in_flight_survive_two_cycles() {
         );
         let efd = entries.iter().find(|e| e["type"] == "EVENTFD").unwrap();
         assert_eq!(efd["efd"]["counter"], 7);
+        let listener = entries
+            .iter()
+            .find(|e| e["usk"]["state"] == 10)
+            .expect("the listener in flight");
+        assert!(listener.to_string().contains("l.sock"), "{listener}");
     });
     w.verify();
 }
@@ -488,6 +498,13 @@ fn a_socket_carrying_itself_is_refused_and_kept() {
 fn credentials_a_restore_would_change_are_refused_and_kept() {
     let w = Workload::start_of("unix_scm", "creds");
     expect_refused(&w, &[], &["fd 4", "SCM_CREDENTIALS", "uid 4242"]);
+    w.verify();
+}
+
+#[test]
+fn an_inet_socket_in_flight_is_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "inet");
+    expect_refused(&w, &[], &["fd 4", "not a unix socket", "in flight"]);
     w.verify();
 }
 

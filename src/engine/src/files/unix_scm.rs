@@ -126,6 +126,20 @@ impl FileTable {
             let (pid, fd, ino) = owner;
             let err = |what: String| UnixError::InFlight { pid, fd, ino, what };
             self.unix.ctx = Some(owner);
+            // A socket in flight other than a unix one is refused before anything touches it
+            // (an inet dump would put a connection into repair mode).
+            let md = std::fs::metadata(format!("/proc/self/fd/{raw}")).ok();
+            if let Some(m) = md.filter(|m| m.mode() & libc::S_IFMT == libc::S_IFSOCK) {
+                if !self.unix.is_unix(me, m.ino()).unwrap_or(false) {
+                    self.unix.ctx = None;
+                    return Err(err(format!(
+                        "a socket in flight (SCM_RIGHTS), inode {}, that is not a unix socket of \
+                         the task's network namespace; ferry restores only unix sockets in flight",
+                        m.ino()
+                    ))
+                    .into());
+                }
+            }
             let before = self.entries.len();
             let r = self.dump_fd(me, raw, false);
             self.unix.ctx = None;

@@ -7,10 +7,12 @@
  *   inflight  a datagram and a stream socketpair whose queues carry a pipe read end with data
  *             behind it (its write end stays with the task), a regular file at an offset that
  *             the task also holds (one description), another one only in flight, one end of
- *             another socketpair (whose own queue holds data and an eventfd), the pipe twice.
+ *             another socketpair (whose own queue holds data and an eventfd), the pipe twice,
+ *             a listening socket bound to DIR/l.sock with a connection pending from the task.
  *   loop      a socket whose own queue carries it (refused).
  *   creds     a receiver with SO_PASSCRED and a message sent as another uid (refused).
- *   many      more fds in flight than ferry takes (refused). */
+ *   many      more fds in flight than ferry takes (refused).
+ *   inet      a TCP socket in flight (refused). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #define KCMP_FILE 0
@@ -159,10 +162,21 @@ static void mode_inflight(void)
 	send_fds(o[1], "efd", &efd, 1);
 	close(efd);
 
+	/* A listener only in flight, with a connection from the task waiting in its queue. */
+	struct sockaddr_un la = { .sun_family = AF_UNIX };
+	snprintf(la.sun_path, sizeof(la.sun_path), "%s/l.sock", dir);
+	int l = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(l >= 0 && bind(l, (struct sockaddr *)&la, sizeof(la)) == 0 && listen(l, 4) == 0,
+	      "listen on %s", la.sun_path);
+	int cl = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(cl >= 0 && connect(cl, (struct sockaddr *)&la, sizeof(la)) == 0, "connect");
+
 	int files[3] = { p[0], rf, rf2 };
 	send_fds(cd[0], "files", files, 3);
 	send_fds(cd[0], "plain", NULL, 0);
 	send_fds(cd[0], "sock", &o[0], 1);
+	send_fds(cd[0], "listener", &l, 1);
+	close(l);
 	send_fds(cs[0], "abc", NULL, 0);
 	send_fds(cs[0], "def", &p[0], 1);
 	send_fds(cs[0], "ghi", NULL, 0);
@@ -211,6 +225,18 @@ static void mode_inflight(void)
 	CHECK(send(o[1], "pong", 4, 0) == 4, "send to it");
 	CHECK(recv(ro, b, 4, MSG_DONTWAIT) == 4 && memcmp(b, "pong", 4) == 0,
 	      "it does not get what its peer sends");
+
+	int rl;
+	recv_fds(cd[1], "listener", &rl, 1);
+	int acc = accept(rl, NULL, NULL);
+	CHECK(acc >= 0, "accept the pending connection on the listener from flight");
+	CHECK(send(cl, "hi", 2, 0) == 2 && recv(acc, b, 2, 0) == 2 && memcmp(b, "hi", 2) == 0,
+	      "the pending connection");
+	int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(c2 >= 0 && connect(c2, (struct sockaddr *)&la, sizeof(la)) == 0,
+	      "connect to the listener from flight by its name");
+	int a2 = accept(rl, NULL, NULL);
+	CHECK(a2 >= 0 && send(c2, "yo", 2, 0) == 2 && recv(a2, b, 2, 0) == 2, "new connection");
 
 	/* The stream: bytes up to the message with the file come with it, then the rest. */
 	int rp2;
@@ -288,6 +314,24 @@ static void mode_many(void)
 	expect_empty(sv[1]);
 }
 
+static void mode_inet(void)
+{
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	int t = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(t >= 0, "socket AF_INET");
+	send_fds(sv[0], "tcp", &t, 1);
+	close(t);
+	put("ready", "ready");
+	wait_go();
+	int r;
+	recv_fds(sv[1], "tcp", &r, 1);
+	struct sockaddr_in a;
+	socklen_t al = sizeof(a);
+	CHECK(getsockname(r, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET,
+	      "the TCP socket in flight");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 3)
@@ -304,6 +348,8 @@ int main(int argc, char **argv)
 		mode_creds();
 	else if (!strcmp(m, "many"))
 		mode_many();
+	else if (!strcmp(m, "inet"))
+		mode_inet();
 	else
 		return 2;
 	put("result", "PASS");
