@@ -429,9 +429,9 @@ fn files_in_flight_survive_two_cycles() {
             .iter()
             .filter_map(|e| e.get("scm"))
             .collect();
-        // "files", "sock" and "listener" on the datagram pair, the last byte of "def" on the
-        // stream, the last byte of "efd" in the queue of the socket in flight.
-        assert_eq!(scms.len(), 5, "{q}");
+        // "files", "sock", "listener" and "anon" on the datagram pair, the last byte of "def"
+        // on the stream, the last byte of "efd" in the queue of the socket in flight.
+        assert_eq!(scms.len(), 6, "{q}");
         let kinds: Vec<Vec<String>> = scms
             .iter()
             .map(|s| {
@@ -462,6 +462,14 @@ fn files_in_flight_survive_two_cycles() {
         );
         assert!(kinds.contains(&vec!["PIPE".into()]), "{kinds:?}");
         assert!(kinds.contains(&vec!["EVENTFD".into()]), "{kinds:?}");
+        assert!(
+            kinds.contains(&vec!["REG@6".into(), "MEMFD".into()]),
+            "{kinds:?}"
+        );
+        assert!(
+            d.join("ghost-file-1.img").exists(),
+            "the unlinked file's content"
+        );
         // The pipe passed twice is one entry, the read end of the task's pipe.
         let pipe_ids: Vec<&serde_json::Value> = scms
             .iter()

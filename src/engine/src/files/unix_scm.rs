@@ -405,4 +405,25 @@ mod tests {
             .unwrap_err()
             .contains("2 SCM entries"));
     }
+
+    #[test]
+    fn a_socket_in_flight_gets_its_own_queue_first() {
+        let d = |receiver: u32, rights: Vec<u32>| Deferred {
+            sender: std::fs::File::open("/dev/null").unwrap().into(),
+            to: None,
+            receiver,
+            stream: false,
+            rights,
+            data: Vec::new(),
+        };
+        // 1 carries 2, 2 carries 3 and a plain file 9; 4 carries nothing.
+        let v = [
+            d(1, vec![2]),
+            d(4, vec![]),
+            d(2, vec![3, 9]),
+            d(3, vec![]),
+            d(1, vec![]),
+        ];
+        assert_eq!(fill_order(&v), vec![3, 2, 1, 4]);
+    }
 }

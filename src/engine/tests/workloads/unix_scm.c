@@ -8,7 +8,8 @@
  *             behind it (its write end stays with the task), a regular file at an offset that
  *             the task also holds (one description), another one only in flight, one end of
  *             another socketpair (whose own queue holds data and an eventfd), the pipe twice,
- *             a listening socket bound to DIR/l.sock with a connection pending from the task.
+ *             a listening socket bound to DIR/l.sock with a connection pending from the task,
+ *             an unlinked regular file and a memfd.
  *   loop      a socket whose own queue carries it (refused).
  *   creds     a receiver with SO_PASSCRED and a message sent as another uid (refused).
  *   many      more fds in flight than ferry takes (refused).
@@ -22,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -171,12 +174,24 @@ static void mode_inflight(void)
 	int cl = socket(AF_UNIX, SOCK_STREAM, 0);
 	CHECK(cl >= 0 && connect(cl, (struct sockaddr *)&la, sizeof(la)) == 0, "connect");
 
+	/* An unlinked file and a memfd, only in flight. */
+	char gpath[512];
+	snprintf(gpath, sizeof(gpath), "%s/gone.txt", dir);
+	int g = open(gpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	CHECK(g >= 0 && write(g, "ghost!", 6) == 6 && unlink(gpath) == 0, "unlinked file");
+	int mfd = memfd_create("scm", 0);
+	CHECK(mfd >= 0 && write(mfd, "memfd!", 6) == 6, "memfd");
+	int anon[2] = { g, mfd };
+
 	int files[3] = { p[0], rf, rf2 };
 	send_fds(cd[0], "files", files, 3);
 	send_fds(cd[0], "plain", NULL, 0);
 	send_fds(cd[0], "sock", &o[0], 1);
 	send_fds(cd[0], "listener", &l, 1);
 	close(l);
+	send_fds(cd[0], "anon", anon, 2);
+	close(g);
+	close(mfd);
 	send_fds(cs[0], "abc", NULL, 0);
 	send_fds(cs[0], "def", &p[0], 1);
 	send_fds(cs[0], "ghi", NULL, 0);
@@ -228,6 +243,14 @@ static void mode_inflight(void)
 
 	int rl;
 	recv_fds(cd[1], "listener", &rl, 1);
+	int ra[2];
+	recv_fds(cd[1], "anon", ra, 2);
+	struct stat st;
+	CHECK(fstat(ra[0], &st) == 0 && st.st_nlink == 0, "the unlinked file in flight got a name");
+	CHECK(lseek(ra[0], 0, SEEK_CUR) == 6, "unlinked file offset");
+	CHECK(pread(ra[0], b, 6, 0) == 6 && memcmp(b, "ghost!", 6) == 0, "unlinked file content");
+	CHECK(lseek(ra[1], 0, SEEK_CUR) == 6, "memfd offset");
+	CHECK(pread(ra[1], b, 6, 0) == 6 && memcmp(b, "memfd!", 6) == 0, "memfd content");
 	int acc = accept(rl, NULL, NULL);
 	CHECK(acc >= 0, "accept the pending connection on the listener from flight");
 	CHECK(send(cl, "hi", 2, 0) == 2 && recv(acc, b, 2, 0) == 2 && memcmp(b, "hi", 2) == 0,
