@@ -381,6 +381,13 @@ impl Sockets {
         Ok(())
     }
 
+    /// Removes the socket files this restore bound (a later stage of the restore failed).
+    pub(crate) fn remove_bound(&mut self) {
+        for p in self.bound.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
     /// Shuts down what was shut down and unlinks what was unlinked, once every queued message
     /// is sent.
     pub(crate) fn finish_post(&mut self) -> Result<()> {

@@ -312,11 +312,23 @@ fn fill_order(deferred: &[Deferred]) -> Vec<u32> {
 pub fn send_in_flight(
     p: &mut crate::files::restore::Prep,
 ) -> std::result::Result<(), crate::files::restore::RestoreError> {
-    use crate::files::restore::RestoreError;
     let deferred = std::mem::take(&mut p.unix.deferred);
     if deferred.is_empty() {
         return Ok(());
     }
+    let r = send_deferred(p, deferred);
+    if r.is_err() {
+        // Nothing is restored: the names this restore bound go again.
+        p.unix.remove_bound();
+    }
+    r
+}
+
+fn send_deferred(
+    p: &mut crate::files::restore::Prep,
+    deferred: Vec<Deferred>,
+) -> std::result::Result<(), crate::files::restore::RestoreError> {
+    use crate::files::restore::RestoreError;
     let files = p.files;
     let state = |r: u32, what: String| RestoreError::State {
         pid: 0,

@@ -9,7 +9,7 @@
  *             the task also holds (one description), another one only in flight, one end of
  *             another socketpair (whose own queue holds data and an eventfd), the pipe twice,
  *             a listening socket bound to DIR/l.sock with a connection pending from the task,
- *             an unlinked regular file and a memfd.
+ *             an unlinked regular file, a memfd, DIR/only.txt at offset 2.
  *   loop      a socket whose own queue carries it (refused).
  *   creds     a receiver with SO_PASSCRED and a message sent as another uid (refused).
  *   many      more fds in flight than ferry takes (refused).
@@ -181,7 +181,14 @@ static void mode_inflight(void)
 	CHECK(g >= 0 && write(g, "ghost!", 6) == 6 && unlink(gpath) == 0, "unlinked file");
 	int mfd = memfd_create("scm", 0);
 	CHECK(mfd >= 0 && write(mfd, "memfd!", 6) == 6, "memfd");
-	int anon[2] = { g, mfd };
+	char opath[512];
+	snprintf(opath, sizeof(opath), "%s/only.txt", dir);
+	w = open(opath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	CHECK(w >= 0 && write(w, "only", 4) == 4, "write %s", opath);
+	close(w);
+	int only = open(opath, O_RDONLY);
+	CHECK(only >= 0 && lseek(only, 2, SEEK_SET) == 2, "open %s", opath);
+	int anon[3] = { g, mfd, only };
 
 	int files[3] = { p[0], rf, rf2 };
 	send_fds(cd[0], "files", files, 3);
@@ -189,9 +196,10 @@ static void mode_inflight(void)
 	send_fds(cd[0], "sock", &o[0], 1);
 	send_fds(cd[0], "listener", &l, 1);
 	close(l);
-	send_fds(cd[0], "anon", anon, 2);
+	send_fds(cd[0], "anon", anon, 3);
 	close(g);
 	close(mfd);
+	close(only);
 	send_fds(cs[0], "abc", NULL, 0);
 	send_fds(cs[0], "def", &p[0], 1);
 	send_fds(cs[0], "ghi", NULL, 0);
@@ -243,8 +251,9 @@ static void mode_inflight(void)
 
 	int rl;
 	recv_fds(cd[1], "listener", &rl, 1);
-	int ra[2];
-	recv_fds(cd[1], "anon", ra, 2);
+	int ra[3];
+	recv_fds(cd[1], "anon", ra, 3);
+	expect_read(ra[2], "ly");
 	struct stat st;
 	CHECK(fstat(ra[0], &st) == 0 && st.st_nlink == 0, "the unlinked file in flight got a name");
 	CHECK(lseek(ra[0], 0, SEEK_CUR) == 6, "unlinked file offset");
