@@ -547,6 +547,24 @@ fn a_socket_carrying_itself_is_refused_and_kept() {
 }
 
 #[test]
+fn two_sockets_in_flight_in_each_other_are_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "loop2");
+    expect_refused(
+        &w,
+        &[],
+        &["carries itself", "loop through socket inodes", " -> "],
+    );
+    w.verify();
+}
+
+#[test]
+fn an_epoll_only_in_flight_is_refused_and_kept() {
+    let w = Workload::start_of("unix_scm", "epoll");
+    expect_refused(&w, &[], &["fd 4", "EVENTPOLL", "no task holds"]);
+    w.verify();
+}
+
+#[test]
 fn credentials_a_restore_would_change_are_refused_and_kept() {
     let w = Workload::start_of("unix_scm", "creds");
     expect_refused(&w, &[], &["fd 4", "SCM_CREDENTIALS", "uid 4242"]);

@@ -11,6 +11,8 @@
  *             a listening socket bound to DIR/l.sock with a connection pending from the task,
  *             an unlinked regular file, a memfd, DIR/only.txt at offset 2.
  *   loop      a socket whose own queue carries it (refused).
+ *   loop2     two sockets, each in flight in the other's queue (refused).
+ *   epoll     an epoll instance only in flight (refused).
  *   creds     a receiver with SO_PASSCRED and a message sent as another uid (refused).
  *   many      more fds in flight than ferry takes (refused).
  *   inet      a TCP socket in flight (refused). */
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -294,6 +297,38 @@ static void mode_loop(void)
 	CHECK(same_file(r, sv[1]), "the socket that came back is another one");
 }
 
+static void mode_loop2(void)
+{
+	int x[2], y[2];
+	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, x) == 0, "socketpair x");
+	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, y) == 0, "socketpair y");
+	send_fds(x[0], "y1", &y[1], 1);
+	send_fds(y[0], "x1", &x[1], 1);
+	put("ready", "ready");
+	wait_go();
+	int r;
+	recv_fds(x[1], "y1", &r, 1);
+	CHECK(same_file(r, y[1]), "y1 came back as another socket");
+	recv_fds(y[1], "x1", &r, 1);
+	CHECK(same_file(r, x[1]), "x1 came back as another socket");
+}
+
+static void mode_epoll(void)
+{
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	int ep = epoll_create1(0);
+	CHECK(ep >= 0, "epoll_create1");
+	send_fds(sv[0], "ep", &ep, 1);
+	close(ep);
+	put("ready", "ready");
+	wait_go();
+	int r;
+	recv_fds(sv[1], "ep", &r, 1);
+	struct epoll_event e;
+	CHECK(epoll_wait(r, &e, 1, 0) == 0, "the epoll instance from flight");
+}
+
 static void mode_creds(void)
 {
 	int sv[2], one = 1;
@@ -376,6 +411,10 @@ int main(int argc, char **argv)
 		mode_inflight();
 	else if (!strcmp(m, "loop"))
 		mode_loop();
+	else if (!strcmp(m, "loop2"))
+		mode_loop2();
+	else if (!strcmp(m, "epoll"))
+		mode_epoll();
 	else if (!strcmp(m, "creds"))
 		mode_creds();
 	else if (!strcmp(m, "many"))
