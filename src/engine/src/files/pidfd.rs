@@ -79,6 +79,10 @@ impl TreePids {
     /// in the tree's namespace. An owner outside the tree's child pid namespace has no pid
     /// there (the task itself would read 0); it is an error rather than an owner lost.
     pub fn fown(&self, fd: &Fd, o: &mut pb::FownEntry) -> Result<(), FilesError> {
+        self.translate(o).map_err(|what| fd.state("fown", what))
+    }
+
+    fn translate(&self, o: &mut pb::FownEntry) -> Result<(), String> {
         if !self.known || o.pid == 0 {
             return Ok(());
         }
@@ -91,12 +95,9 @@ impl TreePids {
         match ns {
             Some(&n) => o.pid = n as u32,
             None if self.child_ns => {
-                return Err(fd.state(
-                    "fown",
-                    format!(
-                        "its F_SETOWN owner {host} (type {}) is outside the tree's pid namespace",
-                        o.pid_type
-                    ),
+                return Err(format!(
+                    "its F_SETOWN owner {host} (type {}) is outside the tree's pid namespace",
+                    o.pid_type
                 ))
             }
             None => {} // the host's namespace: the pid means the same at restore
@@ -369,4 +370,67 @@ fn take_sigchld() {
     };
     // SAFETY: sigtimedwait with a valid set and timeout, no siginfo wanted.
     unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(child_ns: bool) -> TreePids {
+        TreePids {
+            tasks: [(4000, 1), (4001, 2)].into_iter().collect(),
+            threads: [(4000, 1), (4005, 3)].into_iter().collect(),
+            groups: [(4000, 1), (4001, 2)].into_iter().collect(),
+            child_ns,
+            known: true,
+        }
+    }
+
+    fn owner(pid_type: u32, pid: u32) -> pb::FownEntry {
+        pb::FownEntry {
+            pid_type,
+            pid,
+            signum: 35,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn owners_become_namespace_pids() {
+        let t = tree(true);
+        for (ty, host, ns) in [
+            (1, 4001, 2),
+            (0, 4005, 3),
+            (F_OWNER_PGRP, 4000, 1),
+            (1, 0, 0),
+        ] {
+            let mut o = owner(ty, host);
+            t.translate(&mut o).unwrap();
+            assert_eq!((o.pid_type, o.pid, o.signum), (ty, ns, 35));
+        }
+    }
+
+    #[test]
+    fn an_owner_outside_a_child_namespace_is_an_error_not_a_lost_owner() {
+        let mut o = owner(1, 777);
+        let e = tree(true).translate(&mut o).unwrap_err();
+        assert!(e.contains("777") && e.contains("outside"), "{e}");
+        // In ferry's own namespace the host pid is the pid at restore too.
+        let mut o = owner(1, 777);
+        tree(false).translate(&mut o).unwrap();
+        assert_eq!(o.pid, 777);
+        // Without a tree (no dump context) nothing changes.
+        let mut o = owner(1, 4001);
+        TreePids::default().translate(&mut o).unwrap();
+        assert_eq!(o.pid, 4001);
+    }
+
+    #[test]
+    fn live_pidfd_targets_must_be_tasks_of_the_tree() {
+        let t = tree(true);
+        assert_eq!(t.task(4001), Some(2));
+        assert_eq!(t.task(4005), None); // a thread is no pidfd target (PIDFD_THREAD refused)
+        assert_eq!(t.task(9), None);
+        assert_eq!(TreePids::default().task(9), Some(9));
+    }
 }
