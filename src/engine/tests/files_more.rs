@@ -249,6 +249,35 @@ fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
     two_cycles_then_verify(&[pid], work.path(), &["tty-data.img", "tty-info.img"]);
 }
 
+/// The dump reads the queued bytes out of the pair and writes them back at once: a tree left
+/// running keeps them, untranslated, in order.
+#[test]
+fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    let before = fd_view(pid);
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "--leave-running", "-D"])
+        .arg(d.path())
+        .output()
+        .expect("run ferry-criu dump");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.path().join("tty-data.img").exists());
+    assert_runs(pid);
+    assert_eq!(fd_view(pid), before);
+    assert_eq!(verdict(pid, work.path()), "PASS");
+}
+
 /// Lines queued for a canonical-mode slave are a line editor's state: the dump refuses them by
 /// name, and the tree runs on with its bytes still queued.
 #[test]
@@ -364,18 +393,38 @@ fn files_fown_and_pidfds_in_a_child_pid_namespace_two_cycles() {
         if round == 0 {
             let _ = unshare.wait();
         }
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        host = std::fs::read_to_string(d.path().join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        // Both restore paths: ferry as the coordinator on the host making the namespace
+        // (`criu restore`), then in place as the namespace's PID 1 (the runtime's path, played
+        // by ferry-pidns-harness).
+        host = if round == 0 {
+            let out = restore(d.path(), &[]);
+            assert!(
+                out.status.success(),
+                "round {round}: restore failed: {}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                log_of(d.path())
+            );
+            std::fs::read_to_string(d.path().join("pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        } else {
+            let out = Command::new(env!("CARGO_BIN_EXE_ferry-pidns-harness"))
+                .arg(d.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ferry-pidns-harness");
+            // "<host pid of PID 1> ok <ns pids...>"
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success() && stdout.split_whitespace().nth(1) == Some("ok"),
+                "round {round}: in-place restore failed: {stdout}\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                log_of(d.path())
+            );
+            stdout.split_whitespace().next().unwrap().parse().unwrap()
+        };
         k.0 = vec![host];
         assert_eq!(last_nspid(host), "1");
         assert_runs(host);
