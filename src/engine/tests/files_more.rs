@@ -60,12 +60,12 @@ fn wait_file(p: &Path, alive: impl Fn()) {
     }
 }
 
-fn child_of(ready: &Path) -> Option<u32> {
+/// The value of `key=PID` in the ready file.
+fn pid_in(ready: &Path, key: &str) -> Option<u32> {
     std::fs::read_to_string(ready)
         .unwrap()
-        .trim()
-        .strip_prefix("child=")
-        .and_then(|p| p.parse().ok())
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 fn dump(pid: u32, dir: &Path) -> std::process::Output {
@@ -220,11 +220,12 @@ fn files_unlinked_fifos_and_dead_pidfds_two_cycles() {
     let ready = work.path().join("ready");
     let w = work.path().to_str().unwrap();
     let pid = start(&bin, &[w], &ready);
-    let zombie = child_of(&ready).expect("child=PID");
-    let _k = Killer(vec![pid, zombie]);
+    let zombie = pid_in(&ready, "child").expect("child=PID");
+    let live = pid_in(&ready, "live").expect("live=PID");
+    let _k = Killer(vec![pid, zombie, live]);
     assert!(status_field(zombie, "State").starts_with('Z'));
     two_cycles_then_verify(
-        &[pid, zombie],
+        &[pid, zombie, live],
         work.path(),
         &[
             "ghost-file-1.img",

@@ -7,15 +7,17 @@
 //! the task holding the pidfd opens it itself with `pidfd_open(nspid)` once its fds are in
 //! place (by then the task, its ancestors and its children exist, zombies included; a later
 //! sibling is an error naming the pid). A dead target is stored as CRIU 4.x stores it, `nspid`
-//! -1 with the inode; the holding task forks a stand-in process (in its own pid namespace, as
-//! the dead process was), opens a pidfd on it, kills it with SIGKILL and reaps it, so the pidfd
-//! again polls readable, `pidfd_send_signal` fails with ESRCH and `waitid(P_PIDFD)` with
-//! ECHILD. Descriptions of one task that named one dead process (same inode) share one
-//! stand-in, so they name one `struct pid` again. Limits: its exit status (PIDFD_GET_INFO) is
-//! SIGKILL's, as with CRIU (the original status has no field in the image); one dead pidfd
-//! description held by two tasks becomes one description per task (CRIU passes it between the
-//! tasks over a socket; ferry's tasks have no such channel yet). PIDFD_THREAD pidfds are
-//! refused, as CRIU does.
+//! -1 with the inode; the restore forks a stand-in process in the pid namespace the dead one
+//! lived in, opens the pidfds on it, kills it with SIGKILL and reaps it, so the pidfd again
+//! polls readable, `pidfd_send_signal` fails with ESRCH and `waitid(P_PIDFD)` with ECHILD.
+//! Descriptions that named one dead process (same inode) share one stand-in, so they name one
+//! `struct pid` again. The coordinator makes the stand-ins, before forking, when it is in the
+//! tree's pid namespace (a tree in ferry's own, or an in-place restore as the namespace's
+//! PID 1), so a description held by several tasks stays one; a coordinator outside the tree's
+//! new namespace cannot, and there each task makes its own (a description two tasks shared
+//! then becomes one per task; CRIU passes it between the tasks over a socket). Its exit status
+//! (PIDFD_GET_INFO) is SIGKILL's, as with CRIU (the original status has no field in the
+//! image). PIDFD_THREAD pidfds are refused, as CRIU does.
 //!
 //! [`TreePids`] also translates F_SETOWN owners: ferry reads them with host pids, the images
 //! hold the tree's namespace pids (as CRIU's parasite, which reads them from inside, does).
@@ -143,8 +145,9 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
 
 // ---- restore ----
 
-/// Pidfds of dead processes: one stand-in (a child of the calling task) per pidfs inode, alive
-/// while its pidfds are opened, killed and reaped by [`Dead::finish`].
+/// Pidfds of dead processes: one stand-in (a child of the calling process: the coordinator,
+/// or the task itself, see [`dead_in_tasks`]) per pidfs inode, alive while its pidfds are
+/// opened, killed and reaped by [`Dead::finish`].
 #[derive(Debug, Default)]
 pub struct Dead {
     by_ino: BTreeMap<u64, i32>,
@@ -204,6 +207,15 @@ impl Drop for Dead {
     fn drop(&mut self) {
         let _ = self.finish();
     }
+}
+
+/// Whether the tasks must make the stand-ins of dead pidfds themselves: when the tree has its
+/// own pid namespace (it holds pid 1) and this coordinator is outside it (not its PID 1), a
+/// stand-in forked here would live in the wrong namespace, and a pidfd of a process outside
+/// the caller's namespace answers EINVAL where the original answered ESRCH. Otherwise the
+/// coordinator makes them, so a description several tasks share stays one.
+pub fn dead_in_tasks(needs: &super::restore::Needs) -> bool {
+    needs.fds.iter().any(|(pid, _)| *pid == 1) && std::process::id() != 1
 }
 
 /// Forks a process that only waits (to be killed by [`kill_and_reap`]).

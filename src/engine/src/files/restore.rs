@@ -242,6 +242,8 @@ pub struct Prep<'a> {
     pub out: Opened,
     /// Unix sockets, all rebuilt on first use.
     pub unix: super::unix::restore::Sockets,
+    /// Stand-ins for the dead processes of pidfds opened here.
+    pub dead_pids: super::pidfd::Dead,
 }
 
 /// Opens everything in `needs` (coordinator side, before forking).
@@ -267,7 +269,9 @@ pub fn prepare(
         memfds: memfd::Inodes::load(dir)?,
         out: Opened::default(),
         unix: Default::default(),
+        dead_pids: Default::default(),
     };
+    let dead_in_tasks = super::pidfd::dead_in_tasks(needs);
     for (pid, fi) in &needs.fds {
         if p.out.fds.contains_key(&fi.id) {
             continue;
@@ -276,7 +280,7 @@ pub fn prepare(
             what: format!("task {pid} fd {}", fi.fd),
             id: fi.id,
         })?;
-        if let Some(e) = &f.pidfd {
+        if let Some(e) = f.pidfd.as_ref().filter(|e| e.nspid >= 0 || dead_in_tasks) {
             p.out.pidfds.insert(fi.id, *e);
             continue;
         }
@@ -291,6 +295,7 @@ pub fn prepare(
     }
     p.pipes.fill(dir)?;
     p.ptys.finish(dir, files, &p.tty_infos)?;
+    p.dead_pids.finish()?;
     p.out.locks = super::locks::load(dir)?;
     for (&id, &flags) in &needs.maps {
         let f = files.get(&id).ok_or_else(|| RestoreError::NoFile {
@@ -365,6 +370,10 @@ fn open_fd(
                 }
                 _ => tty::open(pid, fi.fd, p.shell_job)?,
             }
+        }
+        Some(pb::FdTypes::Pidfd) => {
+            let e = f.pidfd.as_ref().ok_or_else(missing)?;
+            p.dead_pids.open(pid, fi.fd, e)?
         }
         Some(pb::FdTypes::Eventfd) => {
             eventfd::open(pid, fi.fd, f.efd.as_ref().ok_or_else(missing)?)?

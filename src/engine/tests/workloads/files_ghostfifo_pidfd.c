@@ -5,7 +5,9 @@
  *   5  DIR/ufifo2 O_RDWR, 300 unread bytes, unlinked (mode 0640)
  *   6  pidfd of child A, which exited (status 3) and was reaped; 8 = dup of 6 (one description)
  *   7  a second pidfd of A (O_NONBLOCK) opened before it died: another description, same pid
- *   9  pidfd of child B, which exited with status 7 and is left a zombie (not reaped) */
+ *   9  pidfd of child B, which exited with status 7 and is left a zombie (not reaped)
+ * Child E (alive) holds every fd too: fd 6 is one description in two tasks.
+ * DIR/ready says "child=B live=E". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -128,8 +130,13 @@ int main(int argc, char **argv)
 	if (waitid(P_PID, b, &si, WEXITED | WNOWAIT) || si.si_pid != b)
 		return 35;
 
+	pid_t live = fork();
+	if (live == 0) {
+		for (;;)
+			nap(1000);
+	}
 	char ready[64];
-	snprintf(ready, sizeof ready, "child=%d\n", b);
+	snprintf(ready, sizeof ready, "child=%d live=%d\n", b, live);
 	put("ready", ready);
 	while (!go)
 		nap(10);
@@ -171,6 +178,20 @@ int main(int argc, char **argv)
 	CHECK(!(fcntl(8, F_GETFL) & O_NONBLOCK), "fd 8 flags");
 	fcntl(6, F_SETFL, O_NONBLOCK);
 	CHECK(fcntl(8, F_GETFL) & O_NONBLOCK, "fd 8 is not fd 6's description");
+	/* E's fd 6: the same description (its flags changed with ours) naming the same process */
+	char ep[64], line[128];
+	long eflags = -1;
+	snprintf(ep, sizeof ep, "/proc/%d/fdinfo/6", live);
+	FILE *ef = fopen(ep, "r");
+	while (ef && fgets(line, sizeof line, ef))
+		if (sscanf(line, "flags: %lo", &eflags) == 1)
+			break;
+	if (ef)
+		fclose(ef);
+	CHECK(eflags >= 0 && (eflags & O_NONBLOCK), "E's fd 6 is not this task's description (flags %lo)", eflags);
+	struct stat pe;
+	snprintf(ep, sizeof ep, "/proc/%d/fd/6", live);
+	CHECK(stat(ep, &pe) == 0 && pe.st_ino == p6.st_ino, "E's fd 6 names another process");
 
 	/* the zombie B: readable, and waitid through the pidfd reaps it with its status */
 	CHECK(readable(9), "pidfd of the zombie does not poll readable");
