@@ -250,6 +250,20 @@ fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
     two_cycles_then_verify(&[pid], work.path(), &["tty-data.img", "tty-info.img"]);
 }
 
+/// Packet mode (the master's) and exclusive mode (the slave's) survive, with a canonical slave
+/// echoing.
+#[test]
+fn files_pty_packet_and_exclusive_modes_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "modes"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    two_cycles_then_verify(&[pid], work.path(), &["tty-info.img"]);
+}
+
 /// The dump reads the queued bytes out of the pair and writes them back at once: a tree left
 /// running keeps them, untranslated, in order.
 #[test]

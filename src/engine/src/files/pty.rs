@@ -9,7 +9,8 @@
 //! with O_NOCTTY, and a session leader whose terminal it was takes it again with TIOCSCTTY (and
 //! its foreground group with TIOCSPGRP) once its fds are in place. A slave whose master is
 //! outside the tree (use `--shell-job` for the caller's terminal) and a master with two
-//! descriptions (a /proc reopen of ptmx would make a new pair) are dump errors.
+//! descriptions (a /proc reopen of ptmx would make a new pair) are dump errors. Packet mode
+//! (TIOCPKT, the master's) and exclusive mode (TIOCEXCL, the slave's) are carried in tty-info.
 //!
 //! Bytes queued in the pair go to tty-data.img as CRIU writes it (`tty_id` = the TTY entry of
 //! the end that will read them), once every fd of the tree is known: the master's queue holds
@@ -113,15 +114,18 @@ pub fn dump_master(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesErr
     let info = pair_info(t, fd, index)?;
     // Session and foreground group: asked on the master, as the kernel answers TIOCGSID and
     // TIOCGPGRP on a slave only to the session it controls.
-    let (mut sid, mut pgrp) = (0i32, 0i32);
+    // Packet mode belongs to the master.
+    let (mut sid, mut pgrp, mut pkt) = (0i32, 0i32, 0i32);
     // SAFETY: each ioctl fills one int; a pair that is nobody's terminal answers ENOTTY.
     unsafe {
         libc::ioctl(m.as_raw_fd(), libc::TIOCGSID, &mut sid);
         libc::ioctl(m.as_raw_fd(), libc::TIOCGPGRP, &mut pgrp);
+        libc::ioctl(m.as_raw_fd(), libc::TIOCGPKT, &mut pkt);
     }
     if let Some(i) = t.ttys.iter_mut().find(|i| i.id == info) {
         i.sid = sid.max(0) as u32;
         i.pgrp = pgrp.max(0) as u32;
+        i.packet_mode = pkt != 0;
     }
     let e = entry(t, fd, info);
     t.ptys.masters.insert(index, (fd.pid, fd.fd, e.id));
@@ -357,6 +361,8 @@ pub fn masters_in(
 pub struct Ptys {
     masters: BTreeMap<u32, (OwnedFd, bool)>,
     locked: Vec<u32>,
+    /// Pairs whose slave was exclusive (TIOCEXCL), set once every slave is open.
+    exclusive: Vec<u32>,
 }
 
 impl Ptys {
@@ -419,8 +425,21 @@ impl Ptys {
                 )));
             }
         }
+        if info.packet_mode {
+            let one = 1i32;
+            // SAFETY: TIOCPKT reads one int; `raw` is our master.
+            if unsafe { libc::ioctl(raw, libc::TIOCPKT, &one) } != 0 {
+                return Err(err(format!(
+                    "packet mode: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
         if info.locked {
             self.locked.push(index);
+        }
+        if info.exclusive {
+            self.exclusive.push(index);
         }
         self.masters.insert(index, (master.into(), false));
         Ok(index)
@@ -492,6 +511,16 @@ impl Ptys {
                 // SAFETY: TIOCSPTLCK reads one int.
                 unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &one) };
             }
+        }
+        for &i in &self.exclusive {
+            let s = self_slave(i).map_err(|e| RestoreError::State {
+                pid: 0,
+                fd: 0,
+                kind: "pty",
+                what: format!("pty {i}: opening the slave to make it exclusive: {e}"),
+            })?;
+            // SAFETY: TIOCEXCL takes no argument; it marks the slave tty, not our open.
+            unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCEXCL) };
         }
         Ok(())
     }

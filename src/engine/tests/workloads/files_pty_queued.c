@@ -7,6 +7,8 @@
  *        read "out\r\nxyz"); 2000 more bytes each way.
  * canon: the slave is canonical; the master wrote the complete line "line one\n": a dump must
  *        refuse it, and the line must still be there after the failed dump.
+ * modes: nothing queued; the master in packet mode (TIOCPKT), the slave exclusive (TIOCEXCL),
+ *        the slave canonical with ECHO.
  * Prepare, write DIR/ready, wait for SIGUSR1, verify, write DIR/result, idle until killed. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -85,6 +87,7 @@ int main(int argc, char **argv)
 	/* fds the test runner leaked to us would collide with the numbers set up below */
 	syscall(SYS_close_range, 3, ~0U, 0);
 	int raw = strcmp(argv[2], "raw") == 0;
+	int modes = strcmp(argv[2], "modes") == 0;
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGHUP, SIG_IGN);
@@ -103,6 +106,8 @@ int main(int argc, char **argv)
 		t.c_cc[VTIME] = 0;
 	} else {
 		t.c_lflag |= ICANON;
+		if (modes)
+			t.c_lflag |= ECHO;
 	}
 	if (tcsetattr(4, TCSANOW, &t))
 		return 22;
@@ -122,6 +127,11 @@ int main(int argc, char **argv)
 		memcpy(out, "out\r\nxyz", 8);
 		memcpy(out + 8, big, 2000);
 		nout = 2008;
+	} else if (modes) {
+		int one = 1;
+		if (ioctl(3, TIOCPKT, &one) || ioctl(4, TIOCEXCL))
+			return 26;
+		nin = nout = 0;
 	} else {
 		if (write(3, "line one\n", 9) != 9)
 			return 24;
@@ -140,6 +150,22 @@ int main(int argc, char **argv)
 		nap(10);
 
 	char b[4200];
+	if (modes) {
+		int pkt = -1, excl = -1;
+		CHECK(ioctl(3, TIOCGPKT, &pkt) == 0 && pkt == 1, "packet mode %d", pkt);
+		CHECK(ioctl(4, TIOCGEXCL, &excl) == 0 && excl == 1, "exclusive %d", excl);
+		CHECK(tcgetattr(4, &t) == 0 && (t.c_lflag & ICANON) && (t.c_lflag & ECHO), "termios");
+		fcntl(3, F_SETFL, O_NONBLOCK);
+		fcntl(4, F_SETFL, O_NONBLOCK);
+		/* in packet mode every read of the master starts with a status byte (0: data) */
+		CHECK(write(4, "pk\n", 3) == 3 && read_n(3, b, 5) == 5 && !memcmp(b, "\0pk\r\n", 5),
+		      "packet-mode read");
+		/* canonical with echo: the line comes back as echo, the slave reads it whole */
+		CHECK(write(3, "ab\r", 3) == 3 && read_n(4, b, 3) == 3 && !memcmp(b, "ab\n", 3), "canonical line");
+		put("result", why[0] ? why : "PASS");
+		for (;;)
+			nap(1000);
+	}
 	CHECK(queued(4) == (int)nin, "slave has %d bytes queued, not %zu", queued(4), nin);
 	CHECK(queued(3) == (int)nout, "master has %d bytes queued, not %zu", queued(3), nout);
 	CHECK(tcgetattr(4, &t) == 0 && !!(t.c_lflag & ICANON) == !raw && !(t.c_lflag & ECHO) &&
