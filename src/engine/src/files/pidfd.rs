@@ -152,6 +152,8 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
 pub struct Dead {
     by_ino: BTreeMap<u64, i32>,
     private: Vec<i32>,
+    /// Whether SIGCHLD was pending before the first stand-in (`None`: none forked yet).
+    chld_was_pending: Option<bool>,
 }
 
 impl Dead {
@@ -167,6 +169,7 @@ impl Dead {
         let child = match self.by_ino.get(&e.ino).filter(|_| e.ino != 0) {
             Some(&c) => c,
             None => {
+                self.chld_was_pending.get_or_insert_with(sigchld_pending);
                 let c = stand_in().map_err(|s| err(s.to_string()))?;
                 if e.ino != 0 {
                     self.by_ino.insert(e.ino, c);
@@ -183,13 +186,16 @@ impl Dead {
     }
 
     /// Kills and reaps every stand-in once all pidfds on them are open: they now name dead,
-    /// reaped processes, as the dumped ones did.
+    /// reaped processes, as the dumped ones did. The SIGCHLD their deaths leave pending (with
+    /// signals blocked, as a restoring task has them) is taken back unless one was pending
+    /// before, so no task of the tree gets a SIGCHLD it never had.
     pub fn finish(&mut self) -> Result<(), RestoreError> {
         let all: Vec<i32> = std::mem::take(&mut self.by_ino)
             .into_values()
             .chain(std::mem::take(&mut self.private))
             .collect();
         let mut first = Ok(());
+        let took_back = self.chld_was_pending.take() == Some(false);
         for c in all {
             if let Err(e) = kill_and_reap(c) {
                 first = first.and(Err(RestoreError::Sys {
@@ -198,6 +204,9 @@ impl Dead {
                     source: e,
                 }));
             }
+        }
+        if took_back {
+            take_sigchld();
         }
         first
     }
@@ -257,7 +266,7 @@ fn kill_and_reap(child: i32) -> std::io::Result<()> {
 /// place); returns the fd numbers placed. Fds naming one description share it again; dead
 /// processes get stand-ins forked here, in the task's own pid namespace (a pidfd of a process
 /// outside the caller's namespace answers EINVAL rather than ESRCH), killed and reaped before
-/// this returns; the SIGCHLD that leaves behind is taken back unless one was pending already.
+/// this returns.
 pub fn install_task(
     pid: u32,
     fds: &[pb::FdinfoEntry],
@@ -267,7 +276,6 @@ pub fn install_task(
     if mine.is_empty() {
         return Ok(Vec::new());
     }
-    let chld_was_pending = sigchld_pending();
     let mut dead = Dead::default();
     let mut placed: BTreeMap<u32, i32> = BTreeMap::new();
     let mut out = Vec::new();
@@ -293,9 +301,6 @@ pub fn install_task(
     };
     let r = run();
     let fin = dead.finish();
-    if !chld_was_pending {
-        take_sigchld();
-    }
     r?;
     fin?;
     Ok(out)

@@ -4,7 +4,9 @@
  * Child C (pid 2 here) idles; on signal 40 it creates DIR/io, on SIGUSR2 DIR/usr2.
  *   5  read end of a pipe, O_ASYNC, owned by C (F_SETOWN_EX PID) with F_SETSIG 40; 8 its write end
  *   6  /dev/null, owned by this process group (F_SETOWN_EX PGRP 1)
- *   7  pidfd of C                   9  pidfd of child D, exited and reaped */
+ *   7  pidfd of C                   9  pidfd of child D, exited and reaped
+ * With argv[2] = "chld": no SIGCHLD may arrive after ready (the stand-ins a restore forks
+ * for dead pidfds leave none). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -19,8 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
+static volatile sig_atomic_t go, chld;
 static void on_usr1(int s) { (void)s; go = 1; }
+static void on_chld(int s) { (void)s; chld++; }
 static char dir[512];
 
 static void put(const char *name, const char *text)
@@ -107,6 +110,8 @@ int main(int argc, char **argv)
 	}
 	signal(40, SIG_IGN);
 	signal(SIGUSR2, SIG_IGN);
+	struct sigaction sc = { .sa_handler = on_chld };
+	sigaction(SIGCHLD, &sc, NULL);
 	int p[2];
 	if (pipe(p))
 		return fail(30);
@@ -128,6 +133,8 @@ int main(int argc, char **argv)
 	if (waitpid(d, NULL, 0) != d)
 		return fail(33);
 
+	nap(50);
+	int chld_before = chld;
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", c);
 	put("ready", ready);
@@ -147,6 +154,9 @@ int main(int argc, char **argv)
 	      "C got no SIGUSR2 through its pidfd");
 	errno = 0;
 	CHECK(syscall(SYS_pidfd_send_signal, 9, 0, NULL, 0) == -1 && errno == ESRCH, "dead pidfd: errno %d", errno);
+	/* the stand-ins a restore forks for dead pidfds leave no SIGCHLD behind */
+	if (argc > 2 && strcmp(argv[2], "chld") == 0)
+		CHECK(chld == chld_before, "%d SIGCHLD delivered since ready", chld - chld_before);
 	put("result", why[0] ? why : "PASS");
 	for (;;)
 		nap(1000);
