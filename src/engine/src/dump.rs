@@ -297,6 +297,7 @@ fn write_images(
     crate::pstree::dump::check_groups(tree).map_err(DumpError::Tree)?;
     // Pids as the tree sees them (its own pid namespace when it is a container's).
     let nsmap = crate::pidns::dump::collect(tree)?;
+    ctx.files.tree_pids = crate::files::pidfd::TreePids::new(tree, &nsmap);
     let pids: Vec<i32> = tree
         .tasks
         .iter()

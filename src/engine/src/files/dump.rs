@@ -296,6 +296,8 @@ pub struct FileTable {
     pub unix: super::unix::UnixDump,
     /// TCP and UDP sockets of the tree: connections in repair mode, tcp-stream images.
     pub inet: super::inet::InetDump,
+    /// The tree's pids, host -> namespace (pidfd targets, F_SETOWN owners).
+    pub tree_pids: super::pidfd::TreePids,
 }
 
 /// CRIU's default --ghost-limit: 1 MiB.
@@ -322,6 +324,7 @@ impl Default for FileTable {
             fifos_seen: Default::default(),
             unix: Default::default(),
             inet: Default::default(),
+            tree_pids: Default::default(),
         }
     }
 }
@@ -387,7 +390,7 @@ impl FileTable {
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0);
         let cloexec = oflags & libc::O_CLOEXEC as u32 != 0;
-        let f = Fd {
+        let mut f = Fd {
             pid,
             fd,
             link,
@@ -398,6 +401,9 @@ impl FileTable {
             flags: oflags & !(libc::O_CLOEXEC as u32),
             fown: super::fown_of(pid, fd),
         };
+        let mut fown = f.fown;
+        self.tree_pids.fown(&f, &mut fown)?;
+        f.fown = fown;
         let kind = classify(&f, shell_job)?;
         let key = (f.md.dev(), f.md.ino());
         let shared = self.fds.get(&key).and_then(|v| {
@@ -470,6 +476,7 @@ impl FileTable {
             move |source| FilesError::Write { image, source }
         };
         super::pty::check(&self.ptys)?;
+        super::pty::dump_queues(&self.ptys, dir)?;
         if !self.ttys.is_empty() {
             dir.write_entries("tty-info.img", &self.ttys)
                 .map_err(werr("tty-info.img"))?;

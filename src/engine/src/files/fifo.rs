@@ -6,7 +6,9 @@
 //! copies the bytes with `tee` as for pipes. A restore first opens the path O_RDWR|O_NONBLOCK
 //! (an "anchor" that is both reader and writer, so opening a write-only end never blocks or
 //! fails for want of a reader), writes the bytes back through it, opens each description with
-//! its own flags and drops the anchor once every description exists.
+//! its own flags and drops the anchor once every description exists. An unlinked FIFO's path
+//! goes through the ghost-file machinery of [`super::reg`] (CRIU's remap-fpath): the node is
+//! made again, opened, and unlinked after every open.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,12 +25,12 @@ use crate::mem::dump::MappedFile;
 
 /// The FIFO entry of an fd (and the REG entry of its path); data copied on first sight.
 pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
-    if fd.md.nlink() == 0 {
-        return Err(fd.state(
-            "FIFO",
-            format!("{} was unlinked (not supported yet)", fd.target),
-        ));
-    }
+    let unlinked = fd.md.nlink() == 0;
+    let path = if unlinked {
+        super::reg::unlinked_path(fd)?
+    } else {
+        fd.target.clone()
+    };
     let ino = fd.md.ino();
     if t.fifos_seen.insert(ino) {
         if let Some(p) = super::pipe::copy_data(fd.pid, fd.fd, ino)? {
@@ -36,13 +38,16 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
         }
     }
     let regf = MappedFile {
-        path: fd.target.clone(),
+        path,
         dev: fd.md.dev(),
         ino,
         mode: fd.md.mode(),
         size: 0,
     };
     let regf_id = t.reg_object(&regf, fd.flags, false);
+    if unlinked {
+        super::reg::ghost_fifo(t, fd, regf_id);
+    }
     let id = t.next_id();
     Ok(pb::FileEntry {
         r#type: pb::FdTypes::Fifo as i32,
@@ -80,6 +85,7 @@ impl Fifos {
         &mut self,
         dir: &ImageDir,
         files: &BTreeMap<u32, pb::FileEntry>,
+        ghosts: &super::reg::Ghosts,
         pid: u32,
         fd: u32,
         e: &pb::FifoEntry,
@@ -93,8 +99,10 @@ impl Fifos {
                     what: format!("task {pid} fd {fd} (FIFO)"),
                     id,
                 })?;
+        // An unlinked FIFO opens its re-created node (unlinked again once all is open).
+        let at = ghosts.path_of(id, &r.name);
         let sys = |op: &'static str| {
-            let path = r.name.clone();
+            let path = at.display().to_string();
             move |source| RestoreError::Sys { op, path, source }
         };
         if let std::collections::btree_map::Entry::Vacant(v) = self.0.entry(e.pipe_id) {
@@ -102,7 +110,7 @@ impl Fifos {
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&r.name)
+                .open(&at)
                 .map_err(sys("open FIFO"))?;
             let md = anchor.metadata().map_err(sys("fstat"))?;
             if !md.file_type().is_fifo_like() {
@@ -120,7 +128,7 @@ impl Fifos {
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&r.name)
+            .open(&at)
             .map_err(sys("open FIFO"))?;
         // SAFETY: F_SETFL on an fd we own: the entry's own O_NONBLOCK.
         unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & libc::O_NONBLOCK) };

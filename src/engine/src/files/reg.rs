@@ -6,8 +6,10 @@
 //! the dump is refused. A file unlinked while open has no path any more: /proc/PID/fd/N reads
 //! `PATH (deleted)` with st_nlink 0, but opening that link still reaches the inode, so its
 //! content is copied into ghost-file-N.img (up to the ghost limit) and remap-fpath.img maps the
-//! REG entry to it. A restore re-creates the file at its old path, opens every description of
-//! it and unlinks it again, so the tasks hold an unlinked file with the same name and content.
+//! REG entry to it (one ghost per inode, however many descriptions). A restore re-creates the
+//! file at its old path, opens every description of it and unlinks it again, so the tasks hold
+//! an unlinked file with the same name and content. An unlinked FIFO goes the same way with a
+//! ghost of mode S_IFIFO and no content (made again with mknod); its bytes are the FIFO's.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -158,10 +160,38 @@ fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
             ),
         ));
     }
+    if let Some(n) = ghost_of(t, fd) {
+        // Another description of the same unlinked file: one ghost, so one file at restore.
+        add_remap(t, id, n);
+        return Ok(());
+    }
     let mut data = Vec::with_capacity(size as usize);
     File::open(&fd.link)
         .and_then(|f| f.take(size).read_to_end(&mut data))
         .map_err(fd.proc_err(&fd.link))?;
+    push_ghost(t, fd, id, data);
+    Ok(())
+}
+
+/// The ghost-file number already holding the inode of `fd`, if any.
+fn ghost_of(t: &FileTable, fd: &Fd) -> Option<u32> {
+    t.ghosts
+        .iter()
+        .position(|g| g.entry.dev == Some(fd.md.dev() as u32) && g.entry.ino == Some(fd.md.ino()))
+        .map(|i| i as u32 + 1)
+}
+
+fn add_remap(t: &mut FileTable, id: u32, n: u32) {
+    if !t.remaps.iter().any(|r| r.orig_id == id) {
+        t.remaps.push(pb::RemapFilePathEntry {
+            orig_id: id,
+            remap_id: n,
+            remap_type: Some(pb::RemapType::Ghost as i32),
+        });
+    }
+}
+
+fn push_ghost(t: &mut FileTable, fd: &Fd, id: u32, data: Vec<u8>) {
     let tv = |s: i64, ns: i64| pb::Timeval {
         tv_sec: s as u64,
         tv_usec: (ns / 1000) as u64,
@@ -179,12 +209,26 @@ fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
         },
         data,
     });
-    t.remaps.push(pb::RemapFilePathEntry {
-        orig_id: id,
-        remap_id: t.ghosts.len() as u32,
-        remap_type: Some(pb::RemapType::Ghost as i32),
-    });
-    Ok(())
+    let n = t.ghosts.len() as u32;
+    add_remap(t, id, n);
+}
+
+/// An unlinked FIFO, as CRIU keeps one: its REG entry (`regf_id`, named by the old path) is
+/// remapped to a ghost file of mode S_IFIFO without content; the restore makes the node again
+/// with mknod, opens every description and unlinks it. Its bytes go to fifo-data.img.
+pub fn ghost_fifo(t: &mut FileTable, fd: &Fd, regf_id: u32) {
+    match ghost_of(t, fd) {
+        Some(n) => add_remap(t, regf_id, n),
+        None => push_ghost(t, fd, regf_id, Vec::new()),
+    }
+}
+
+/// The path of an unlinked FIFO as its REG entry must name it.
+pub fn unlinked_path(fd: &Fd) -> Result<String, FilesError> {
+    fd.target
+        .strip_suffix(DELETED)
+        .map(str::to_string)
+        .ok_or_else(|| fd.state("FIFO", "has no links but no (deleted) path"))
 }
 
 /// Writes ghost-file-N.img (entry then raw content, no chunks) and remap-fpath.img.
@@ -212,7 +256,10 @@ pub fn write_ghosts(
 /// Ghost files re-created for a restore, by files.img id; unlinked once everything is open.
 #[derive(Debug, Default)]
 pub struct Ghosts {
+    /// By files.img id of the REG entry.
     paths: BTreeMap<u32, PathBuf>,
+    /// By ghost-file number: several REG entries may name one unlinked inode.
+    made: BTreeMap<u32, PathBuf>,
 }
 
 impl Ghosts {
@@ -245,15 +292,31 @@ impl Ghosts {
                     id: r.orig_id,
                 });
             };
-            let path = create_ghost(dir, r.remap_id, &reg.name, r.orig_id)?;
+            let path = match out.made.get(&r.remap_id) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = create_ghost(dir, r.remap_id, &reg.name, r.orig_id)?;
+                    out.made.insert(r.remap_id, p.clone());
+                    p
+                }
+            };
             out.paths.insert(r.orig_id, path);
         }
         Ok(out)
     }
 
+    /// The path to open for REG entry `id` named `name`: its re-created ghost, if it is one.
+    pub fn path_of(&self, id: u32, name: &str) -> PathBuf {
+        self.paths
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
     /// Removes the re-created names: the descriptions opened on them stay.
     pub fn unlink(&mut self) {
-        for p in std::mem::take(&mut self.paths).into_values() {
+        self.paths.clear();
+        for p in std::mem::take(&mut self.made).into_values() {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -276,11 +339,17 @@ fn create_ghost(dir: &ImageDir, n: u32, orig: &str, id: u32) -> Result<PathBuf, 
                 what: name.clone(),
                 source: "no ghost_file_entry".into(),
             })?;
+    if g.mode & libc::S_IFMT == libc::S_IFIFO {
+        return create_fifo(&g, orig, id);
+    }
     if g.mode & libc::S_IFMT != libc::S_IFREG {
         return Err(RestoreError::Unsupported {
             pid: 0,
             fd: 0,
-            what: format!("unlinked {orig} of mode {:o} (only regular files)", g.mode),
+            what: format!(
+                "unlinked {orig} of mode {:o} (only regular files and FIFOs)",
+                g.mode
+            ),
         });
     }
     // The old name when it is free (so /proc shows the same path), else a name beside it.
@@ -332,6 +401,38 @@ fn create_ghost(dir: &ImageDir, n: u32, orig: &str, id: u32) -> Result<PathBuf, 
     Ok(path)
 }
 
+/// The node of an unlinked FIFO, at its old path when free (else beside it), with its owner
+/// and mode (mknod's is subject to the umask).
+fn create_fifo(g: &pb::GhostFileEntry, orig: &str, id: u32) -> Result<PathBuf, RestoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mknod = |p: &std::path::Path| -> std::io::Result<()> {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: mknod/chown/chmod with a NUL-terminated path we own.
+        unsafe {
+            if libc::mknod(c.as_ptr(), libc::S_IFIFO | (g.mode & 0o7777), 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::chown(c.as_ptr(), g.uid, g.gid);
+            libc::chmod(c.as_ptr(), g.mode & 0o7777);
+        }
+        Ok(())
+    };
+    let mut path = PathBuf::from(orig);
+    let mut r = mknod(&path);
+    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+        path = PathBuf::from(format!("{orig}.ferry-ghost.{id}"));
+        let _ = std::fs::remove_file(&path);
+        r = mknod(&path);
+    }
+    r.map_err(|e| RestoreError::Sys {
+        op: "mknod ghost FIFO",
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    Ok(path)
+}
+
 fn open_new(path: &std::path::Path, mode: u32) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -349,11 +450,7 @@ pub fn open(
     with_pos: bool,
     ghosts: &Ghosts,
 ) -> Result<File, RestoreError> {
-    let path = ghosts
-        .paths
-        .get(&r.id)
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from(&r.name));
+    let path = ghosts.path_of(r.id, &r.name);
     let name = path.display().to_string();
     let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
     let f = std::fs::OpenOptions::new()

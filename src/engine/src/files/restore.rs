@@ -146,6 +146,8 @@ pub struct Opened {
     pub epolls: BTreeMap<u32, Vec<pb::EventpollTfdEntry>>,
     /// F_SETOWN owners and F_SETSIG signals to set in the task, by files.img id.
     pub fowns: BTreeMap<u32, pb::FownEntry>,
+    /// Descriptions that had O_ASYNC, set once their owner is (open(2) ignores the flag).
+    pub asyncs: BTreeSet<u32>,
     /// pty slaves that are a session's controlling terminal: (sid, foreground pgrp) by id.
     pub cttys: BTreeMap<u32, (u32, u32)>,
     /// pidfds each task opens itself, by files.img id.
@@ -175,6 +177,25 @@ fn fown_of(f: &pb::FileEntry) -> Option<&pb::FownEntry> {
         f.isk.as_ref().map(|e| &e.fown),
     ];
     f.into_iter().flatten().next()
+}
+
+/// The open flags of any kind of files.img entry (0 for a kind without them).
+fn flags_of(f: &pb::FileEntry) -> u32 {
+    let f = [
+        f.reg.as_ref().map(|e| e.flags),
+        f.pipe.as_ref().map(|e| e.flags),
+        f.efd.as_ref().map(|e| e.flags),
+        f.epfd.as_ref().map(|e| e.flags),
+        f.sgfd.as_ref().map(|e| e.flags),
+        f.tfd.as_ref().map(|e| e.flags),
+        f.memfd.as_ref().map(|e| e.flags),
+        f.ify.as_ref().map(|e| e.flags),
+        f.ffy.as_ref().map(|e| e.flags),
+        f.tty.as_ref().map(|e| e.flags),
+        f.usk.as_ref().map(|e| e.flags),
+        f.isk.as_ref().map(|e| e.flags),
+    ];
+    f.into_iter().flatten().next().unwrap_or(0)
 }
 
 /// Moves an fd to a number >= `min` (close-on-exec); the old number is closed.
@@ -221,6 +242,8 @@ pub struct Prep<'a> {
     pub out: Opened,
     /// Unix sockets, all rebuilt on first use.
     pub unix: super::unix::restore::Sockets,
+    /// Stand-ins for the dead processes of pidfds opened here.
+    pub dead_pids: super::pidfd::Dead,
 }
 
 /// Opens everything in `needs` (coordinator side, before forking).
@@ -246,7 +269,9 @@ pub fn prepare(
         memfds: memfd::Inodes::load(dir)?,
         out: Opened::default(),
         unix: Default::default(),
+        dead_pids: Default::default(),
     };
+    let dead_in_tasks = super::pidfd::dead_in_tasks(needs);
     for (pid, fi) in &needs.fds {
         if p.out.fds.contains_key(&fi.id) {
             continue;
@@ -255,7 +280,7 @@ pub fn prepare(
             what: format!("task {pid} fd {}", fi.fd),
             id: fi.id,
         })?;
-        if let Some(e) = &f.pidfd {
+        if let Some(e) = f.pidfd.as_ref().filter(|e| e.nspid >= 0 || dead_in_tasks) {
             p.out.pidfds.insert(fi.id, *e);
             continue;
         }
@@ -263,12 +288,16 @@ pub fn prepare(
         if let Some(o) = fown_of(f).filter(|o| o.pid != 0 || o.signum != 0) {
             p.out.fowns.insert(fi.id, *o);
         }
+        if flags_of(f) & libc::O_ASYNC as u32 != 0 {
+            p.out.asyncs.insert(fi.id);
+        }
         p.out.fds.insert(fi.id, lift(fd, min_fd, "fd")?);
     }
     // Files in flight in unix socket queues: opened (or taken from the tasks') and sent.
     super::unix::scm::send_in_flight(&mut p)?;
     p.pipes.fill(dir)?;
-    p.ptys.finish();
+    p.ptys.finish(dir, files, &p.tty_infos)?;
+    p.dead_pids.finish()?;
     p.out.locks = super::locks::load(dir)?;
     for (&id, &flags) in &needs.maps {
         let f = files.get(&id).ok_or_else(|| RestoreError::NoFile {
@@ -321,7 +350,7 @@ pub(crate) fn open_fd(
         Some(pb::FdTypes::Pipe) => p.pipes.open(f.pipe.as_ref().ok_or_else(missing)?)?,
         Some(pb::FdTypes::Fifo) => {
             let e = f.fifo.as_ref().ok_or_else(missing)?;
-            p.fifos.open(p.dir, p.files, pid, fi.fd, e)?
+            p.fifos.open(p.dir, p.files, &p.ghosts, pid, fi.fd, e)?
         }
         Some(pb::FdTypes::Memfd) => memfd::open(p, f.memfd.as_ref().ok_or_else(missing)?)?,
         Some(pb::FdTypes::Tty) => {
@@ -343,6 +372,10 @@ pub(crate) fn open_fd(
                 }
                 _ => tty::open(pid, fi.fd, p.shell_job)?,
             }
+        }
+        Some(pb::FdTypes::Pidfd) => {
+            let e = f.pidfd.as_ref().ok_or_else(missing)?;
+            p.dead_pids.open(pid, fi.fd, e)?
         }
         Some(pb::FdTypes::Eventfd) => {
             eventfd::open(pid, fi.fd, f.efd.as_ref().ok_or_else(missing)?)?
@@ -404,15 +437,8 @@ pub fn install(
 ) -> Result<(), RestoreError> {
     let mut mine = keep.clone();
     for fi in fds {
-        if let Some(e) = opened.pidfds.get(&fi.id) {
-            let cloexec = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
-                libc::O_CLOEXEC
-            } else {
-                0
-            };
-            super::pidfd::install(pid, fi.fd, e, cloexec)?;
-            mine.insert(fi.fd as i32);
-            continue;
+        if opened.pidfds.contains_key(&fi.id) {
+            continue; // opened by the task itself, below
         }
         let src = opened.fds.get(&fi.id).ok_or_else(|| RestoreError::NoFile {
             what: format!("task {pid} fd {}", fi.fd),
@@ -429,11 +455,15 @@ pub fn install(
         }
         mine.insert(fi.fd as i32);
     }
+    mine.extend(super::pidfd::install_task(pid, fds, &opened.pidfds)?);
     // Post-install steps: descriptions that name other fds of the task by number, and owners
     // (which must exist: they are the task itself or tasks forked before it).
     for fi in fds {
         if let Some(o) = opened.fowns.get(&fi.id) {
             set_fown(pid, fi.fd, o)?;
+        }
+        if opened.asyncs.contains(&fi.id) {
+            set_async(pid, fi.fd)?;
         }
         if let Some(&(sid, pgrp)) = opened.cttys.get(&fi.id) {
             pty::take_ctty(pid, fi.fd, sid, pgrp)?;
@@ -459,6 +489,25 @@ pub fn install(
     // Locks last: closing any fd of a file drops the task's POSIX locks on it, so they are
     // taken only once the coordinator's copies are gone.
     super::locks::apply(pid, &opened.locks)?;
+    Ok(())
+}
+
+/// O_ASYNC on fd `fd` of this task (after its owner: F_SETFL registers the description for
+/// SIGIO then).
+fn set_async(pid: u32, fd: u32) -> Result<(), RestoreError> {
+    // SAFETY: fcntl F_GETFL/F_SETFL on an fd of this task, integer arguments only.
+    let ok = unsafe {
+        let fl = libc::fcntl(fd as i32, libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd as i32, libc::F_SETFL, fl | libc::O_ASYNC) == 0
+    };
+    if !ok {
+        return Err(RestoreError::State {
+            pid,
+            fd,
+            kind: "fown",
+            what: format!("setting O_ASYNC: {}", std::io::Error::last_os_error()),
+        });
+    }
     Ok(())
 }
 

@@ -1,0 +1,463 @@
+//! More fd kinds across checkpoints, zdtm style (the #6 cases that used to be refused): unlinked
+//! FIFOs with unread bytes, pidfds of dead processes (reaped and zombie), pty pairs with bytes
+//! queued both ways, and F_SETOWN owners and pidfds inside a child pid namespace. Each C
+//! workload prepares, says "ready", is dumped and restored twice by `ferry-criu`, then verifies
+//! from the inside (SIGUSR1) and writes PASS or what failed; every image must decode with
+//! Debian's crit.
+//!
+//! The workload runner, fd view and crit check are minimal copies of those in tests/files.rs
+//! (which is a test binary, not a module other tests can include).
+
+mod restore_common;
+
+#[path = "workload/mod.rs"]
+mod workload_build;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use restore_common::*;
+
+fn workload(name: &str) -> PathBuf {
+    workload_build::build(&format!("{name}.c"), name, &["-O1", "-Wall"])
+}
+
+/// Starts a workload as a session leader with /dev/null stdio and waits for DIR/ready.
+fn start(bin: &Path, args: &[&str], ready: &Path) -> u32 {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the child between fork and exec touches no shared state.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = c.spawn().expect("start workload");
+    let pid = child.id();
+    std::mem::forget(child); // reaped by pid (Killer)
+    wait_file(ready, || {
+        assert!(exists(pid), "workload {} died", bin.display())
+    });
+    pid
+}
+
+fn wait_file(p: &Path, alive: impl Fn()) {
+    let t = Instant::now();
+    while !p.exists() {
+        alive();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} never appeared",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The value of `key=PID` in the ready file.
+fn pid_in(ready: &Path, key: &str) -> Option<u32> {
+    std::fs::read_to_string(ready)
+        .unwrap()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+fn dump(pid: u32, dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(dir)
+        .args(["-v4", "-o", "dump.log"])
+        .output()
+        .expect("run ferry-criu dump")
+}
+
+fn wait_gone(pids: &[u32]) {
+    let start = Instant::now();
+    while pids.iter().any(|&p| exists(p)) {
+        for &p in pids {
+            let mut st = 0;
+            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
+            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dumped tree {pids:?} did not go away"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Each fd's link target and fdinfo, less what changes by nature across a checkpoint (mount
+/// ids, inode numbers).
+fn fd_view(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    for fd in fds {
+        let t = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // Pipe inode numbers change (and the test runner may hold a pipe of its own).
+        let t = if t.starts_with("pipe:[") {
+            "pipe".into()
+        } else {
+            t
+        };
+        out.push(format!("{fd} -> {t}"));
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        for l in info.lines() {
+            let k = l.split(':').next().unwrap_or("");
+            if !["mnt_id", "ino"].contains(&k) {
+                out.push(format!(
+                    "  {fd} {}",
+                    l.split_whitespace().collect::<Vec<_>>().join(" ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every image of a dump decodes with Debian's crit.
+fn crit_decodes(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !n.ends_with(".img") || n.starts_with("pages-") {
+            continue;
+        }
+        let out = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .expect("crit (Debian's criu package)");
+        assert!(
+            out.status.success(),
+            "crit decode {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The workload's own verdict after SIGUSR1 to `pid`.
+fn verdict(pid: u32, work: &Path) -> String {
+    // SAFETY: a signal by pid to the workload this test started or restored.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let res = work.join("result");
+    wait_file(&res, || {
+        assert!(exists(pid), "workload died while verifying")
+    });
+    std::fs::read_to_string(res).unwrap().trim().to_string()
+}
+
+/// Two dump/restore cycles of the tree rooted at `pids[0]`, each task's fd view the same after
+/// each; then the workload's verdict must be PASS.
+fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str]) {
+    for round in 0..2 {
+        let before: Vec<Vec<String>> = pids.iter().map(|&p| fd_view(p)).collect();
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(pids[0], d.path());
+        assert!(
+            out.status.success(),
+            "round {round}: dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crit_decodes(d.path());
+        for img in must_have {
+            assert!(d.path().join(img).exists(), "round {round}: no {img}");
+        }
+        wait_gone(pids);
+        let out = restore(d.path(), &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: restore failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_of(d.path())
+        );
+        for (i, &p) in pids.iter().enumerate() {
+            assert_runs_or_zombie(p);
+            assert_eq!(
+                fd_view_or_empty(p),
+                before[i],
+                "round {round}: fds of task {p}"
+            );
+        }
+    }
+    assert_eq!(verdict(pids[0], work), "PASS");
+}
+
+/// A zombie has no fds and does not run; anything else must run.
+fn assert_runs_or_zombie(pid: u32) {
+    if !status_field(pid, "State").starts_with('Z') {
+        assert_runs(pid);
+    }
+}
+
+fn fd_view_or_empty(pid: u32) -> Vec<String> {
+    if status_field(pid, "State").starts_with('Z') {
+        Vec::new()
+    } else {
+        fd_view(pid)
+    }
+}
+
+#[test]
+fn files_unlinked_fifos_and_dead_pidfds_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_ghostfifo_pidfd");
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w], &ready);
+    let zombie = pid_in(&ready, "child").expect("child=PID");
+    let live = pid_in(&ready, "live").expect("live=PID");
+    let _k = Killer(vec![pid, zombie, live]);
+    assert!(status_field(zombie, "State").starts_with('Z'));
+    two_cycles_then_verify(
+        &[pid, zombie, live],
+        work.path(),
+        &[
+            "ghost-file-1.img",
+            "ghost-file-2.img",
+            "remap-fpath.img",
+            "fifo-data.img",
+        ],
+    );
+    // The FIFOs' names went again after each restore.
+    assert!(!work.path().join("ufifo").exists() && !work.path().join("ufifo2").exists());
+}
+
+#[test]
+fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    two_cycles_then_verify(&[pid], work.path(), &["tty-data.img", "tty-info.img"]);
+}
+
+/// Packet mode (the master's) and exclusive mode (the slave's) survive, with a canonical slave
+/// echoing.
+#[test]
+fn files_pty_packet_and_exclusive_modes_two_cycles() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "modes"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    two_cycles_then_verify(&[pid], work.path(), &["tty-info.img"]);
+}
+
+/// The dump reads the queued bytes out of the pair and writes them back at once: a tree left
+/// running keeps them, untranslated, in order.
+#[test]
+fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    let before = fd_view(pid);
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "--leave-running", "-D"])
+        .arg(d.path())
+        .output()
+        .expect("run ferry-criu dump");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.path().join("tty-data.img").exists());
+    assert_runs(pid);
+    assert_eq!(fd_view(pid), before);
+    assert_eq!(verdict(pid, work.path()), "PASS");
+}
+
+/// Lines queued for a canonical-mode slave are a line editor's state: the dump refuses them by
+/// name, and the tree runs on with its bytes still queued.
+#[test]
+fn files_pty_with_queued_canonical_lines_fails_the_dump_and_keeps_them() {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pty_queued");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&bin, &[w, "canon"], &work.path().join("ready"));
+    let _k = Killer(vec![pid]);
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "dump of queued canonical input succeeded"
+    );
+    assert!(
+        err.contains(&format!("task {pid}: fd 3: pty"))
+            && err.contains("9 bytes")
+            && err.contains("canonical mode"),
+        "{err}"
+    );
+    assert_runs(pid);
+    assert_eq!(verdict(pid, work.path()), "PASS");
+}
+
+// ---- a tree in its own pid namespace ----
+
+/// Starts files_pidns_owners as PID 1 of a new pid namespace; returns (unshare, host pid of
+/// the namespace init).
+#[allow(clippy::zombie_processes)] // waited for by the test once the namespace is gone
+fn start_ns(bin: &Path, work: &Path, extra: &[&str]) -> (std::process::Child, u32) {
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(bin)
+        .arg(work)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let u = child.id();
+    let result = work.join("result");
+    wait_file(&work.join("ready"), || {
+        assert!(
+            !result.exists(),
+            "{}",
+            std::fs::read_to_string(&result).unwrap_or_default()
+        )
+    });
+    let init = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("namespace init");
+    (child, init)
+}
+
+fn last_nspid(host: u32) -> String {
+    status_field(host, "NSpid")
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn files_fown_and_pidfds_in_a_child_pid_namespace_two_cycles() {
+    pidns_two_cycles(true, &[]);
+}
+
+/// Restored twice into a new pid namespace by ferry on the host, where each task forks the
+/// stand-ins of its dead pidfds itself: the SIGCHLD their deaths leave must not reach the task.
+/// (Not checked across an in-place restore: that path sends PID 1 a SIGCHLD of its own.)
+#[test]
+fn files_dead_pidfd_stand_ins_leave_no_sigchld_in_a_new_pid_namespace() {
+    pidns_two_cycles(false, &["chld"]);
+}
+
+/// Two dump/restore cycles of files_pidns_owners in its own pid namespace; the second restore
+/// is in place (ferry-pidns-harness) when `in_place` is set.
+fn pidns_two_cycles(in_place: bool, extra: &[&str]) {
+    let _g = lock();
+    setup();
+    let bin = workload("files_pidns_owners");
+    let work = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start_ns(&bin, work.path(), extra);
+    let mut k = Killer(vec![init]);
+    assert_eq!(last_nspid(init), "1");
+    let mut host = init;
+    for round in 0..2 {
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(host, d.path());
+        assert!(
+            out.status.success(),
+            "round {round}: dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crit_decodes(d.path());
+        // The images hold the namespace's pids: the owner is C (pid 2 there), the group 1.
+        let files = ferry_images::ImageDir::open(d.path()).unwrap();
+        let entries: Vec<ferry_images::pb::FileEntry> = files.read_entries("files.img").unwrap();
+        let owners: Vec<(u32, u32)> = entries
+            .iter()
+            .filter_map(|e| {
+                e.reg
+                    .as_ref()
+                    .map(|r| r.fown)
+                    .or(e.pipe.as_ref().map(|p| p.fown))
+            })
+            .filter(|o| o.pid != 0)
+            .map(|o| (o.pid_type, o.pid))
+            .collect();
+        assert!(
+            owners.contains(&(1, 2)) && owners.contains(&(2, 1)),
+            "{owners:?}"
+        );
+        let nspids: Vec<i32> = entries
+            .iter()
+            .filter_map(|e| e.pidfd.as_ref().map(|p| p.nspid))
+            .collect();
+        assert!(nspids.contains(&2) && nspids.contains(&-1), "{nspids:?}");
+        wait_gone(&[host]);
+        if round == 0 {
+            let _ = unshare.wait();
+        }
+        // Both restore paths: ferry as the coordinator on the host making the namespace
+        // (`criu restore`), then in place as the namespace's PID 1 (the runtime's path, played
+        // by ferry-pidns-harness).
+        host = if round == 0 || !in_place {
+            let out = restore(d.path(), &[]);
+            assert!(
+                out.status.success(),
+                "round {round}: restore failed: {}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                log_of(d.path())
+            );
+            std::fs::read_to_string(d.path().join("pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        } else {
+            let out = Command::new(env!("CARGO_BIN_EXE_ferry-pidns-harness"))
+                .arg(d.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ferry-pidns-harness");
+            // "<host pid of PID 1> ok <ns pids...>"
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success() && stdout.split_whitespace().nth(1) == Some("ok"),
+                "round {round}: in-place restore failed: {stdout}\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                log_of(d.path())
+            );
+            stdout.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        k.0 = vec![host];
+        assert_eq!(last_nspid(host), "1");
+        assert_runs(host);
+    }
+    assert_eq!(verdict(host, work.path()), "PASS");
+}
