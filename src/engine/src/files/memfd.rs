@@ -5,8 +5,10 @@
 //! inode, fills it from its shmem pagemap, and opens every description and mapping on it. The
 //! dump reads the content through a fresh open of /proc/PID/fd/N (SEEK_DATA/SEEK_HOLE skip
 //! holes) into pagemap-shmem-INO.img and a pages file of its own, as CRIU lays them out; seals
-//! come from F_GET_SEALS. Seals beyond F_SEAL_SEAL are refused at restore (the memfd the memory
-//! code makes is not sealable); memfd mappings are refused by the memory dump.
+//! come from F_GET_SEALS. A restore makes the memfd sealable when it was and adds the seals only
+//! after every task has mapped it (F_SEAL_WRITE/FUTURE_WRITE would forbid the restore's own
+//! writable mappings). Mappings of a memfd name a MEMFD entry on the same inode
+//! ([`super::mapped`]), so fds and mappings share one file again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -211,22 +213,57 @@ impl Inodes {
             what: "memfd.img inode".into(),
             id: inode as u32,
         })?;
-        let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name)
+        if m.seals & !KNOWN_SEALS != 0 {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                fd: 0,
+                what: format!("memfd {} with unknown seals {:#x}", m.name, m.seals),
+            });
+        }
+        if m.hugetlb_flag.unwrap_or(0) != 0 {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                fd: 0,
+                what: format!("hugetlb memfd {}", m.name),
+            });
+        }
+        // A memfd made without MFD_ALLOW_SEALING reads F_SEAL_SEAL alone.
+        let sealing = m.seals != libc::F_SEAL_SEAL as u32;
+        let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name, sealing)
             .map_err(|e| RestoreError::Image {
                 what: format!("memfd {}", m.name),
                 source: Box::new(e),
             })?;
-        if m.seals & !(libc::F_SEAL_SEAL as u32) != 0 {
-            return Err(RestoreError::Unsupported {
-                pid: 0,
-                fd: 0,
-                what: format!("memfd {} with seals {:#x}", m.name, m.seals),
-            });
+        // SAFETY: fchown on an fd we own.
+        if unsafe { libc::fchown(f.as_raw_fd(), m.uid, m.gid) } != 0 {
+            return Err(super::restore::sys("fchown", &format!("memfd {}", m.name)));
         }
         let fd: OwnedFd = f.into();
+        if sealing && m.seals != 0 {
+            out.memfd_seals.push((dup(&fd)?, m.seals));
+        }
         out.shmem.insert(key, dup(&fd)?);
         Ok(fd)
     }
+}
+
+/// F_SEAL_SEAL, SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC.
+const KNOWN_SEALS: u32 = 0x3f;
+
+/// Adds every restored memfd's seals, once every task has mapped what it maps: F_SEAL_WRITE and
+/// F_SEAL_FUTURE_WRITE forbid the writable mappings restore itself makes, and F_SEAL_SEAL goes
+/// last by nature (one F_ADD_SEALS call sets all bits at once).
+pub fn apply_seals(seals: &[(OwnedFd, u32)]) -> Result<(), RestoreError> {
+    for (fd, s) in seals {
+        // SAFETY: fcntl on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, *s as i32) } != 0 {
+            return Err(super::restore::sys(
+                "F_ADD_SEALS",
+                &format!("memfd seals {s:#x}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The description of a MEMFD entry: a new open of the inode's memfd with the entry's flags

@@ -147,7 +147,22 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
     })
 }
 
-fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
+/// Records the ghost of the unlinked file `fd` for REG entry `id`; one ghost-file image per
+/// inode, shared by every entry (fds and mappings) of it, so a restore makes one file again.
+pub(crate) fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
+    let (dev, ino) = (Some(fd.md.dev() as u32), Some(fd.md.ino()));
+    if let Some(i) = t
+        .ghosts
+        .iter()
+        .position(|g| g.entry.dev == dev && g.entry.ino == ino)
+    {
+        t.remaps.push(pb::RemapFilePathEntry {
+            orig_id: id,
+            remap_id: i as u32 + 1,
+            remap_type: Some(pb::RemapType::Ghost as i32),
+        });
+        return Ok(());
+    }
     let size = fd.md.size();
     if size > t.ghost_limit {
         return Err(fd.state(
@@ -213,6 +228,8 @@ pub fn write_ghosts(
 #[derive(Debug, Default)]
 pub struct Ghosts {
     paths: BTreeMap<u32, PathBuf>,
+    /// remap_id -> the file made for it (entries sharing an inode share its ghost).
+    made: BTreeMap<u32, PathBuf>,
 }
 
 impl Ghosts {
@@ -245,7 +262,11 @@ impl Ghosts {
                     id: r.orig_id,
                 });
             };
-            let path = create_ghost(dir, r.remap_id, &reg.name, r.orig_id)?;
+            let path = match out.made.get(&r.remap_id) {
+                Some(p) => p.clone(),
+                None => create_ghost(dir, r.remap_id, &reg.name, r.orig_id)?,
+            };
+            out.made.insert(r.remap_id, path.clone());
             out.paths.insert(r.orig_id, path);
         }
         Ok(out)
@@ -253,7 +274,8 @@ impl Ghosts {
 
     /// Removes the re-created names: the descriptions opened on them stay.
     pub fn unlink(&mut self) {
-        for p in std::mem::take(&mut self.paths).into_values() {
+        self.paths.clear();
+        for p in std::mem::take(&mut self.made).into_values() {
             let _ = std::fs::remove_file(p);
         }
     }

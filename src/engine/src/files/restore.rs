@@ -142,6 +142,8 @@ pub struct Opened {
     pub maps: BTreeMap<u32, OwnedFd>,
     /// Anonymous shared memory, by shmid.
     pub shmem: BTreeMap<u64, OwnedFd>,
+    /// memfds with the seals to add once every mapping is in place (`memfd::apply_seals`).
+    pub memfd_seals: Vec<(OwnedFd, u32)>,
     /// epoll targets to add once a task's fds are in place, by the epoll's files.img id.
     pub epolls: BTreeMap<u32, Vec<pb::EventpollTfdEntry>>,
     /// F_SETOWN owners and F_SETSIG signals to set in the task, by files.img id.

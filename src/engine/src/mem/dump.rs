@@ -49,7 +49,9 @@ pub mod status {
     pub const FILE_SHARED: u32 = 1 << 7;
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
+    pub const MEMFD: u32 = 1 << 14;
 }
 
 /// How a VMA's contents reach the images.
@@ -86,6 +88,19 @@ pub struct MappedFile {
     pub size: u64,
 }
 
+/// What object backs a file VMA, which decides the files.img entry its `shmid` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// No file (anonymous, shared anonymous, SysV, kernel special).
+    None,
+    /// A file with a path: a REG entry.
+    Reg,
+    /// A file unlinked while mapped: a REG entry with a ghost file (remap-fpath.img).
+    Ghost,
+    /// A memfd: a MEMFD entry whose inode (memfd.img) holds the content.
+    Memfd,
+}
+
 /// One VMA ready for mm-PID.img, plus what dump needs beyond the entry.
 #[derive(Debug, Clone)]
 pub struct Vma {
@@ -95,6 +110,8 @@ pub struct Vma {
     pub contents: Contents,
     /// The mapped file of a file-backed VMA.
     pub file: Option<MappedFile>,
+    /// Which kind of files.img entry the mapped file gets.
+    pub backing: Backing,
     /// Name as /proc shows it.
     pub name: String,
 }
@@ -266,6 +283,7 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
         file: false,
     };
     let mut file = None;
+    let mut backing = Backing::None;
     match v.name.as_str() {
         "[vsyscall]" => {
             entry.status = status::VSYSCALL | status::ANON_PRIVATE;
@@ -291,10 +309,16 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
                 return Err(unsupported("uprobes area"));
             }
         }
-        n if n.starts_with("/memfd:") => {
-            return Err(unsupported("memfd mapping (not supported yet)"))
+        n if n.starts_with("/SYSV") => {
+            // A SysV segment's shmem file has the segment id as its inode number; its content
+            // belongs to the segment (IPC namespace images), not to the task.
+            let f = mapped_file(pid, v)?;
+            entry.flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | extra;
+            entry.status = status::REGULAR | status::ANON_SHARED | status::SYSVIPC;
+            entry.pgoff = v.offset;
+            entry.shmid = f.ino;
+            contents = Contents::None;
         }
-        n if n.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
         n if shared && n.starts_with("/dev/zero") => {
             let f = mapped_file(pid, v)?;
             entry.flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | extra;
@@ -303,14 +327,19 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
             entry.shmid = f.ino;
             contents = Contents::Shmem { ino: f.ino };
         }
-        n if n.ends_with(" (deleted)") => {
-            return Err(unsupported("mapping of a deleted file (not supported yet)"))
-        }
         n if n.starts_with('/') => {
             let f = mapped_file(pid, v)?;
             if f.mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(unsupported("mapping of a device or special file"));
             }
+            let deleted = n.ends_with(" (deleted)");
+            let (kind, extra_status) = if n.starts_with("/memfd:") {
+                (Backing::Memfd, status::MEMFD)
+            } else if deleted {
+                (Backing::Ghost, 0)
+            } else {
+                (Backing::Reg, 0)
+            };
             entry.pgoff = v.offset;
             let writable_shared = shared && prot & libc::PROT_WRITE as u32 != 0;
             entry.fdflags = Some(if writable_shared {
@@ -320,16 +349,17 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
             });
             if shared {
                 entry.flags = libc::MAP_SHARED as u32 | extra;
-                entry.status = status::REGULAR | status::FILE_SHARED;
+                entry.status = status::REGULAR | status::FILE_SHARED | extra_status;
                 contents = Contents::None;
             } else {
                 entry.flags = libc::MAP_PRIVATE as u32 | extra;
-                entry.status = status::REGULAR | status::FILE_PRIVATE;
+                entry.status = status::REGULAR | status::FILE_PRIVATE | extra_status;
                 contents = Contents::Private {
                     lazy: false,
                     file: true,
                 };
             }
+            backing = kind;
             file = Some(f);
         }
         _ => return Err(unsupported("unknown special mapping")),
@@ -338,6 +368,7 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
         entry,
         contents,
         file,
+        backing,
         name: v.name.clone(),
     })
 }
@@ -473,10 +504,10 @@ VmFlags: rd wr mr mw me gd ac\n";
                 file: false
             }
         );
+        // A mapping of something that is neither a regular file nor a known special mapping.
         let mut m = v[2].clone();
-        m.name = "/memfd:x (deleted)".into();
-        m.ino = 5;
+        m.name = "[uprobes]".into();
         let e = classify(7, &m).unwrap_err().to_string();
-        assert!(e.contains("task 7") && e.contains("memfd"), "{e}");
+        assert!(e.contains("task 7") && e.contains("uprobes"), "{e}");
     }
 }

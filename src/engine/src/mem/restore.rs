@@ -201,7 +201,6 @@ impl MemImage {
                 });
             }
             let bad = [
-                (status::SYSVIPC, "SysV shared memory"),
                 (status::SOCKET, "a packet socket ring"),
                 (status::AIORING, "an AIO ring"),
                 (status::SHSTK, "a shadow stack"),
@@ -487,6 +486,17 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
         };
         let prot = v.prot as i32;
         let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        if v.status & status::SYSVIPC != 0 {
+            attach_sysv(pid, v, at)?;
+            out.remaps.push(Remap {
+                from: at,
+                len: size,
+                to: v.start,
+            });
+            push_madvise(&mut out.madvise, v);
+            at += size;
+            continue;
+        }
         let (fd, staged_prot, flags, off) =
             if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
                 let fd = *fds.by_file.get(&v.shmid).ok_or(MemError::Invalid {
@@ -564,16 +574,7 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
             len: size,
             to: v.start,
         });
-        let madv = v.madv.unwrap_or(0);
-        for bit in 0..64u64 {
-            if madv & (1 << bit) != 0 {
-                out.madvise.push(Madvise {
-                    start: v.start,
-                    len: size,
-                    advice: bit,
-                });
-            }
-        }
+        push_madvise(&mut out.madvise, v);
         at += size;
     }
     fill(pid, &img.pages, &pages, &jobs)?;
@@ -589,6 +590,109 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
     Ok(out)
+}
+
+fn push_madvise(out: &mut Vec<Madvise>, v: &pb::VmaEntry) {
+    let madv = v.madv.unwrap_or(0);
+    for bit in 0..64u64 {
+        if madv & (1 << bit) != 0 {
+            out.push(Madvise {
+                start: v.start,
+                len: v.end - v.start,
+                advice: bit,
+            });
+        }
+    }
+}
+
+/// Stages a SysV shared memory VMA at `at`: attaches segment `shmid` (which the IPC namespace
+/// restore, or the namespace itself, holds), keeps the VMA's part of the attachment and moves it
+/// to `at`. The restorer's mremap then puts it in place, still an attachment of the segment
+/// (shmdt works on it, shm_nattch counts it).
+fn attach_sysv(pid: u32, v: &pb::VmaEntry, at: u64) -> Result<(), MemError> {
+    let size = v.end - v.start;
+    let id = v.shmid as i32;
+    let fail = |op: &'static str| {
+        let e = std::io::Error::last_os_error();
+        MemError::Sys {
+            pid,
+            op,
+            start: v.start,
+            end: v.end,
+            source: std::io::Error::new(e.kind(), format!("SysV shm id {id}: {e}")),
+        }
+    };
+    // SAFETY: shmid_ds is plain data; IPC_STAT fills it.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT into the struct above.
+    if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } != 0 {
+        return Err(fail(
+            "shmctl(IPC_STAT) (the segment must exist in the restoring IPC namespace)",
+        ));
+    }
+    let seg = (ds.shm_segsz as u64).next_multiple_of(PAGE);
+    if v.pgoff.checked_add(size).is_none_or(|e| e > seg) {
+        return Err(MemError::Sys {
+            pid,
+            op: "attach of the SysV segment",
+            start: v.start,
+            end: v.end,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "SysV shm id {id} is {} bytes, the VMA needs {} at offset {}",
+                    ds.shm_segsz, size, v.pgoff
+                ),
+            ),
+        });
+    }
+    let mut flags = 0;
+    if v.prot & libc::PROT_WRITE as u32 == 0 {
+        flags |= libc::SHM_RDONLY;
+    }
+    if v.prot & libc::PROT_EXEC as u32 != 0 {
+        flags |= libc::SHM_EXEC;
+    }
+    // SAFETY: the kernel picks a free address; nothing of ours lives there.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+    if p as isize == -1 {
+        return Err(fail("shmat"));
+    }
+    let base = p as u64;
+    // SAFETY: moves part of the attachment made above onto the staging slot inside this task's
+    // restore range, which holds no Rust object.
+    let q = unsafe {
+        libc::mremap(
+            (base + v.pgoff) as *mut libc::c_void,
+            size as usize,
+            size as usize,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            at as *mut libc::c_void,
+        )
+    };
+    let moved = q != libc::MAP_FAILED;
+    let err = (!moved).then(|| fail("mremap of the SysV attachment"));
+    // The rest of the attachment goes (all of it when the move failed).
+    let rest = if moved {
+        [
+            (base, v.pgoff),
+            (base + v.pgoff + size, seg - v.pgoff - size),
+        ]
+    } else {
+        [(base, seg), (0, 0)]
+    };
+    for (a, l) in rest.into_iter().filter(|&(_, l)| l > 0) {
+        // SAFETY: unmaps only what is left of the attachment made above.
+        unsafe { libc::munmap(a as *mut libc::c_void, l as usize) };
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    // SAFETY: changes protection of the staged attachment only (PROT_NONE parts, say).
+    if unsafe { libc::mprotect(at as *mut libc::c_void, size as usize, v.prot as i32) } != 0 {
+        return Err(fail("mprotect of the SysV attachment"));
+    }
+    Ok(())
 }
 
 const FILL_CHUNK: u64 = 16 << 20;
@@ -684,11 +788,20 @@ pub fn mm_map(mm: &pb::MmEntry, auxv: u64, exe_fd: RawFd) -> ferry_blob_abi::res
 
 /// Creates and fills the memfd for one piece of shared memory (`pagemap-shmem-ID.img`), in the
 /// coordinator, once for every task that maps it.
-pub fn shmem_memfd(dir: &ImageDir, shmid: u64, size: u64, name: &str) -> Result<File, MemError> {
+/// `sealing` makes a memfd that takes seals (MFD_ALLOW_SEALING); the caller adds them once
+/// every mapping is in place.
+pub fn shmem_memfd(
+    dir: &ImageDir,
+    shmid: u64,
+    size: u64,
+    name: &str,
+    sealing: bool,
+) -> Result<File, MemError> {
     let what = format!("pagemap-shmem-{shmid}.img");
     let cname = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
+    let flags = libc::MFD_CLOEXEC | if sealing { libc::MFD_ALLOW_SEALING } else { 0 };
     // SAFETY: memfd_create with a valid C string; returns a new fd we own.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
     if fd < 0 {
         return Err(img_err(0, what)(std::io::Error::last_os_error()));
     }
