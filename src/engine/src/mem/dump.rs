@@ -4,7 +4,11 @@
 //! device/inode, name and `VmFlags` (two-letter kernel vm_flags: `gd` grows-down, `dd`
 //! dont-dump, `nh` no-hugepage, ...). For file-backed and shared-anonymous VMAs
 //! /proc/PID/map_files/START-END is a link to the very file mapped (also when its path was
-//! replaced), so stat through it gives the inode, mode and size CRIU records. [vvar] and
+//! replaced), so stat through it gives the inode, mode and size CRIU records. Named by maps:
+//! `/memfd:NAME (deleted)` is a memfd (VMA_AREA_MEMFD; its MEMFD entry carries the content),
+//! `/SYSVKEY (deleted)` a SysV attachment (VMA_AREA_SYSVIPC; the shmem inode number is the
+//! segment id, the content is the segment's), `PATH (deleted)` a file unlinked while mapped (a
+//! ghost file keeps its content), `/dev/zero (deleted)` shared anonymous memory. [vvar] and
 //! [vvar_vclock] are one kernel-provided block (CRIU 4.2 writes them as one VVAR VMA); [vdso] is
 //! dumped with its pages so restore can compare it with the running kernel's.
 
@@ -477,6 +481,107 @@ VmFlags: rd mr pf io de dd\n\
 7ffced618000-7ffced639000 rw-p 00000000 00:00 0                          [stack]\n\
 Rss:                 12 kB\n\
 VmFlags: rd wr mr mw me gd ac\n";
+
+    /// The smaps record of `addr` in this very process.
+    fn own(addr: u64) -> SmapsVma {
+        let me = std::process::id() as i32;
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        parse_smaps(me, &text)
+            .unwrap()
+            .into_iter()
+            .find(|v| v.start == addr)
+            .expect("the mapping in smaps")
+    }
+
+    fn map(fd: i32, len: usize, flags: i32) -> u64 {
+        // SAFETY: a fresh mapping the kernel places; the tests only read its smaps record.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    }
+
+    fn unmap(a: u64, len: usize) {
+        // SAFETY: unmaps a mapping made by `map` above.
+        unsafe { libc::munmap(a as *mut libc::c_void, len) };
+    }
+
+    /// memfd, SysV and unlinked-file mappings of this process, classified as CRIU does.
+    /// (/proc/PID/map_files needs CAP_SYS_ADMIN: skipped when not root.)
+    #[test]
+    fn classifies_memfd_sysv_and_unlinked_file_mappings() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let me = std::process::id() as i32;
+        let name = c"ferry-classify";
+        // SAFETY: memfd_create with a valid C string; the fd is closed below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: ftruncate of the fd made above.
+        assert_eq!(unsafe { libc::ftruncate(fd, 8192) }, 0);
+        let s = map(fd, 8192, libc::MAP_SHARED);
+        let p = map(fd, 8192, libc::MAP_PRIVATE);
+        let vs = classify(me, &own(s)).unwrap();
+        assert_eq!(
+            vs.entry.status,
+            status::REGULAR | status::FILE_SHARED | status::MEMFD
+        );
+        assert_eq!((vs.backing, vs.contents), (Backing::Memfd, Contents::None));
+        assert_eq!(vs.entry.fdflags, Some(libc::O_RDWR as u32));
+        let vp = classify(me, &own(p)).unwrap();
+        assert_eq!(
+            vp.entry.status,
+            status::REGULAR | status::FILE_PRIVATE | status::MEMFD
+        );
+        assert_eq!(vp.file.as_ref().unwrap().ino, vs.file.as_ref().unwrap().ino);
+        unmap(s, 8192);
+        unmap(p, 8192);
+        // SAFETY: closes the memfd made above.
+        unsafe { libc::close(fd) };
+
+        // SAFETY: plain SysV calls; the segment is removed below.
+        let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, 0o600 | libc::IPC_CREAT) };
+        assert!(id >= 0);
+        // SAFETY: attaches the segment made above at an address the kernel picks.
+        let a = unsafe { libc::shmat(id, std::ptr::null(), 0) } as u64;
+        // SAFETY: removal is deferred until the attachment goes.
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        let v = classify(me, &own(a)).unwrap();
+        // SAFETY: detaches the attachment made above.
+        unsafe { libc::shmdt(a as *const libc::c_void) };
+        assert_eq!(
+            v.entry.status,
+            status::REGULAR | status::ANON_SHARED | status::SYSVIPC
+        );
+        assert_eq!((v.entry.shmid, v.contents), (id as u64, Contents::None));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapped");
+        std::fs::write(&path, [7u8; 4096]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let g = map(std::os::fd::AsRawFd::as_raw_fd(&f), 4096, libc::MAP_SHARED);
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+        let v = classify(me, &own(g)).unwrap();
+        unmap(g, 4096);
+        assert_eq!(v.backing, Backing::Ghost);
+        assert_eq!(v.entry.status, status::REGULAR | status::FILE_SHARED);
+        assert!(v.name.ends_with(" (deleted)"), "{}", v.name);
+    }
 
     #[test]
     fn parses_and_classifies() {
