@@ -6,6 +6,8 @@
 //! what failed. Between the cycles the test compares each task's /proc maps, checks the images
 //! classify the VMAs as CRIU does, and decodes every image with Debian's crit. Runs as root.
 
+#[path = "container_res_common.rs"]
+mod common;
 mod restore_common;
 mod workload;
 
@@ -30,14 +32,25 @@ fn bin(name: &str) -> PathBuf {
 
 /// Starts a workload as a session leader with /dev/null stdio and waits for DIR/ready.
 fn start(bin: &Path, work: &Path) -> u32 {
+    start_in(bin, work, None)
+}
+
+/// [`start`], in the IPC namespace `ipc_ns` (an open /proc/PID/ns/ipc) when given.
+fn start_in(bin: &Path, work: &Path, ipc_ns: Option<i32>) -> u32 {
     let mut c = Command::new(bin);
     c.arg(work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid and close_range in the child between fork and exec touch no shared state.
+    // SAFETY: setns, setsid and close_range in the child between fork and exec touch no shared
+    // state.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
+            if let Some(ns) = ipc_ns {
+                if libc::setns(ns, libc::CLONE_NEWIPC) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             libc::setsid();
             // Only stdio: an inherited fd (a build lock held with flock, say) is not the
             // workload's and would make the dump refuse a lock.
@@ -292,4 +305,91 @@ fn maps_sysv_restore_without_the_segment_fails_clearly() {
         "{err}"
     );
     assert_gone(&[pid, child]);
+}
+
+/// `ferry-criu restore` run inside the IPC namespace `ipc_ns` (an open /proc/PID/ns/ipc), as
+/// the container restore runs it: the tree is forked into the namespace the segments were
+/// restored into.
+fn restore_in(dir: &Path, ipc_ns: i32) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry-criu"));
+    c.args(["restore", "-D"])
+        .arg(dir)
+        .args(["-d", "-v4", "-o", "restore.log"])
+        .stdin(Stdio::null());
+    // SAFETY: setns in the child between fork and exec touches no shared state.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(ipc_ns, libc::CLONE_NEWIPC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().expect("run ferry-criu restore")
+}
+
+/// The container case: the tree lives in its own IPC namespace, the namespace is dumped by
+/// `ipc::dump_ipc` and restored by `ipc::restore_ipc` into a fresh one (segment ids and content
+/// from the images), and the tree restored into it attaches the restored segment at its old
+/// addresses. Twice (restore of a restore), then verified from the inside.
+#[test]
+fn maps_sysv_shm_in_a_restored_ipc_namespace_two_cycles() {
+    use std::os::fd::AsRawFd;
+    let _g = lock();
+    setup();
+    let ns_fd = |pid: i32| std::fs::File::open(format!("/proc/{pid}/ns/ipc")).unwrap();
+    let mut holder = common::NsChild::spawn(&["--ipc"]);
+    let work = tempfile::tempdir().unwrap();
+    let ns = ns_fd(holder.pid);
+    let pid = start_in(&bin("maps_sysv"), work.path(), Some(ns.as_raw_fd()));
+    let child = ready_value(work.path(), "child").unwrap() as u32;
+    let _k = Killer(vec![pid, child]);
+    let mut old = Vec::new();
+    for round in 0..2 {
+        let before = [maps(pid), maps(child)];
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(pid, d.path());
+        assert!(
+            out.status.success(),
+            "round {round}: dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_gone(&[pid, child]);
+        // The namespace's images beside the tree's (the container code keeps them in the
+        // same directory, under its own manifest).
+        let ipc_dir = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(ipc_dir.path()).unwrap();
+        let sum = ferry_engine::ipc::dump_ipc(holder.pid, &dir, 7).unwrap();
+        assert_eq!(sum.shm_ids.len(), 1, "round {round}: {sum:?}");
+        crit_decodes(d.path());
+        crit_decodes(ipc_dir.path());
+        let fresh = common::NsChild::spawn(&["--ipc"]);
+        ferry_engine::ipc::restore_ipc(fresh.pid, &dir, 7).unwrap();
+        let ns = ns_fd(fresh.pid);
+        let out = restore_in(d.path(), ns.as_raw_fd());
+        assert!(
+            out.status.success(),
+            "round {round}: restore: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_of(d.path())
+        );
+        assert_runs(pid);
+        assert_eq!([maps(pid), maps(child)], before, "round {round}");
+        // The restored tree is in the fresh namespace.
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/ns/ipc")).unwrap(),
+            std::fs::read_link(format!("/proc/{}/ns/ipc", fresh.pid)).unwrap()
+        );
+        old.push(std::mem::replace(&mut holder, fresh));
+    }
+    // SAFETY: a signal by pid to the task this test restored.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let res = work.path().join("result");
+    let t = Instant::now();
+    while !res.exists() {
+        assert!(exists(pid), "workload died while verifying");
+        assert!(t.elapsed() < Duration::from_secs(10), "no verdict");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
 }
