@@ -181,7 +181,19 @@ fn maps_memfd_shared_private_closed_sealed_two_tasks_two_cycles() {
     two_cycles_then_verify(&[pid, child], work.path(), |d| {
         let shared = vmas_with(d, pid, VMA_AREA_MEMFD | VMA_FILE_SHARED);
         let private = vmas_with(d, pid, VMA_AREA_MEMFD | VMA_FILE_PRIVATE);
-        assert_eq!((shared.len(), private.len()), (3, 2), "memfd VMAs");
+        assert_eq!((shared.len(), private.len()), (5, 3), "memfd VMAs");
+        // A read-only shared mapping keeps the access its file had: O_RDWR for fd 3's memfd
+        // (VM_MAYWRITE), O_RDONLY for the F_SEAL_WRITE one.
+        let ro: Vec<Option<u32>> = shared
+            .iter()
+            .filter(|v| v.prot == libc::PROT_READ as u32)
+            .map(|v| v.fdflags)
+            .collect();
+        assert_eq!(ro.len(), 2);
+        assert!(
+            ro.contains(&Some(libc::O_RDWR as u32)) && ro.contains(&Some(0)),
+            "{ro:?}"
+        );
         // Each names a MEMFD entry; both mappings of one memfd name its one inode.
         let dir = ImageDir::open(d).unwrap();
         let files: Vec<pb::FileEntry> = dir.read_entries("files.img").unwrap();
@@ -199,7 +211,7 @@ fn maps_memfd_shared_private_closed_sealed_two_tasks_two_cycles() {
         pinodes.sort_unstable();
         assert!(pinodes.iter().all(|i| inodes.contains(i)), "{pinodes:?}");
         let m: Vec<pb::MemfdInodeEntry> = dir.read_entries("memfd.img").unwrap();
-        assert_eq!(m.len(), 3, "one memfd.img entry per memfd");
+        assert_eq!(m.len(), 4, "one memfd.img entry per memfd");
         for e in &m {
             assert!(dir.has(&format!("pagemap-shmem-{}.img", e.shmid)), "{e:?}");
         }

@@ -257,13 +257,35 @@ pub fn apply_seals(seals: &[(OwnedFd, u32)]) -> Result<(), RestoreError> {
     for (fd, s) in seals {
         // SAFETY: fcntl on an fd we own.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, *s as i32) } != 0 {
-            return Err(super::restore::sys(
-                "F_ADD_SEALS",
-                &format!("memfd seals {s:#x}"),
-            ));
+            let err = std::io::Error::last_os_error();
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(RestoreError::Sys {
+                op: "F_ADD_SEALS",
+                path: format!("{name} (seals {s:#x})"),
+                source: err,
+            });
         }
     }
     Ok(())
+}
+
+/// The file a mapping of memfd inode `inode` maps: the inode's memfd itself when the mapping
+/// may write (`flags` O_RDWR), else a read-only reopen of it, so a read-only shared mapping is
+/// not counted as writable (it would make F_SEAL_WRITE fail, and could be mprotect'ed to write).
+pub fn map_fd(p: &mut Prep, inode: u32, flags: i32) -> Result<OwnedFd, RestoreError> {
+    let base = p.memfds.get(p.dir, inode, &mut p.out)?;
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        return Ok(base);
+    }
+    std::fs::File::open(format!("/proc/self/fd/{}", base.as_raw_fd()))
+        .map(OwnedFd::from)
+        .map_err(|e| RestoreError::Sys {
+            op: "open read-only",
+            path: format!("memfd inode {inode}"),
+            source: e,
+        })
 }
 
 /// The description of a MEMFD entry: a new open of the inode's memfd with the entry's flags

@@ -278,7 +278,7 @@ pub fn prepare(
         let fd: OwnedFd = if let Some(r) = &f.reg {
             reg::open(r, flags, false, &p.ghosts)?.into()
         } else if let Some(m) = &f.memfd {
-            p.memfds.get(dir, m.inode_id, &mut p.out)?
+            memfd::map_fd(&mut p, m.inode_id, flags)?
         } else {
             return Err(RestoreError::Unsupported {
                 pid: 0,

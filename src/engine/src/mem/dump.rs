@@ -345,7 +345,10 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
                 (Backing::Reg, 0)
             };
             entry.pgoff = v.offset;
-            let writable_shared = shared && prot & libc::PROT_WRITE as u32 != 0;
+            // VM_MAYWRITE ("mw"): the file was opened for writing, so the mapping may be made
+            // writable later (mprotect), and a memfd F_SEAL_WRITE would count it as writable.
+            let may_write = v.vmflags.iter().any(|f| f == "mw");
+            let writable_shared = shared && (prot & libc::PROT_WRITE as u32 != 0 || may_write);
             entry.fdflags = Some(if writable_shared {
                 libc::O_RDWR as u32
             } else {

@@ -5,7 +5,10 @@
  *         page 0 written: a private copy, pages 1-2 still the file's); seals GROW|SHRINK added
  *         after mapping
  *   memfd "ferry-closed", 2 pages, MAP_SHARED rw (sb) and MAP_PRIVATE r- (pb); its fd closed
+ *         plus ra: MAP_SHARED read-only (mprotect may make it writable: fd 3 is O_RDWR)
  *   fd 4  memfd "ferry-fwrite", 1 page, MAP_SHARED rw (sc) made before F_SEAL_FUTURE_WRITE
+ *   fd 5  memfd "ferry-sealw", 1 page, F_SEAL_WRITE, then MAP_SHARED r- (sd, cannot become
+ *         writable) and MAP_PRIVATE rw (pd, written: a private copy)
  * A child inherits every mapping and, when told (SIGUSR1 from the parent while verifying),
  * writes a marker into sb: both tasks must map one memfd again. */
 #define _GNU_SOURCE
@@ -117,6 +120,9 @@ int main(int argc, char **argv)
 	unsigned char *pa = mmap(NULL, 3 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, 3, 0);
 	if (sa == MAP_FAILED || pa == MAP_FAILED)
 		return 5;
+	unsigned char *ra = mmap(NULL, PG, PROT_READ, MAP_SHARED, 3, 2 * PG);
+	if (ra == MAP_FAILED)
+		return 5;
 	memset(pa, 0x5a, PG); /* page 0 is a private copy now */
 	if (fcntl(3, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK))
 		return 6;
@@ -135,6 +141,17 @@ int main(int argc, char **argv)
 	unsigned char *sc = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, 4, 0);
 	if (sc == MAP_FAILED || fcntl(4, F_ADD_SEALS, F_SEAL_FUTURE_WRITE))
 		return 8;
+
+	int d = memfd_create("ferry-sealw", MFD_ALLOW_SEALING);
+	at(d, 5);
+	fill(5, PG, 4);
+	if (fcntl(5, F_ADD_SEALS, F_SEAL_WRITE))
+		return 9;
+	unsigned char *sd = mmap(NULL, PG, PROT_READ, MAP_SHARED, 5, 0);
+	unsigned char *pd = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, 5, 0);
+	if (sd == MAP_FAILED || pd == MAP_FAILED)
+		return 10;
+	memset(pd, 0x6b, 64);
 
 	pid_t child = fork();
 	if (child == 0) {
@@ -199,6 +216,19 @@ int main(int argc, char **argv)
 	CHECK(w == MAP_FAILED, "new writable mapping of fd 4");
 	memcpy(sc + 10, "old-map", 7);
 	CHECK(pread(4, buf, 7, 10) == 7 && !memcmp(buf, "old-map", 7), "sc write not in fd 4");
+
+	/* A read-only shared mapping of a writable memfd may become writable; of a sealed one not. */
+	CHECK(ra[0] == pat(1, 2 * PG), "ra content");
+	CHECK(mprotect(ra, PG, PROT_READ | PROT_WRITE) == 0, "mprotect(ra, rw): %s", strerror(errno));
+	if (!mprotect(ra, PG, PROT_READ | PROT_WRITE)) {
+		memcpy(ra + 1, "ra", 2);
+		CHECK(pread(3, buf, 2, 2 * PG + 1) == 2 && !memcmp(buf, "ra", 2), "ra write not in fd 3");
+	}
+	CHECK(fcntl(5, F_GET_SEALS) == F_SEAL_WRITE, "fd 5 seals %#x", fcntl(5, F_GET_SEALS));
+	CHECK(same(sd, PG, 4), "sd content");
+	CHECK(pd[0] == 0x6b && pd[63] == 0x6b && pd[64] == pat(4, 64), "pd content");
+	CHECK(pwrite(5, "x", 1, 0) < 0 && errno == EPERM, "fd 5 took a write");
+	CHECK(mprotect(sd, PG, PROT_READ | PROT_WRITE) < 0, "sd became writable");
 
 	/* The closed memfd: reached through its mapping, shared with the child's mapping. */
 	m = map_file(sb, 2 * PG, O_RDWR);
