@@ -230,6 +230,7 @@ fn vmflags(v: &SmapsVma) -> (u64, u32, Option<&'static str>) {
             "hg" => madv |= 1 << libc::MADV_HUGEPAGE,
             "nh" => madv |= 1 << libc::MADV_NOHUGEPAGE,
             "wf" => madv |= 1 << libc::MADV_WIPEONFORK,
+            "ht" => bad = Some("hugetlb mapping (VM_HUGETLB)"),
             "io" => bad = Some("I/O memory (VM_IO)"),
             "pf" => bad = Some("PFN mapping (VM_PFNMAP)"),
             _ => {}
@@ -313,6 +314,9 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
                 return Err(unsupported("uprobes area"));
             }
         }
+        // Kernel-internal files that look like unlinked ones.
+        n if n.starts_with("/[aio]") => return Err(unsupported("AIO ring")),
+        n if n.starts_with("/secretmem") => return Err(unsupported("memfd_secret mapping")),
         n if n.starts_with("/SYSV") => {
             // A SysV segment's shmem file has the segment id as its inode number; its content
             // belongs to the segment (IPC namespace images), not to the task.
@@ -612,6 +616,20 @@ VmFlags: rd wr mr mw me gd ac\n";
                 file: false
             }
         );
+        for (name, what) in [
+            ("/[aio] (deleted)", "AIO ring"),
+            ("/secretmem (deleted)", "secretmem"),
+        ] {
+            let mut m = v[2].clone();
+            m.name = name.into();
+            m.ino = 9;
+            let e = classify(7, &m).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let mut m = v[2].clone();
+        m.vmflags.push("ht".into());
+        let e = classify(7, &m).unwrap_err().to_string();
+        assert!(e.contains("hugetlb"), "{e}");
         // A mapping of something that is neither a regular file nor a known special mapping.
         let mut m = v[2].clone();
         m.name = "[uprobes]".into();
