@@ -405,3 +405,33 @@ fn maps_sysv_shm_in_a_restored_ipc_namespace_two_cycles() {
     }
     assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
 }
+
+/// A mapped unlinked file past the ghost limit is a dump error naming the task, the mapping and
+/// the limit; the tree runs on with the same mappings.
+#[test]
+fn maps_unlinked_file_above_the_ghost_limit_fails_the_dump_and_the_tree_runs_on() {
+    let _g = lock();
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let pid = start(&bin("maps_ghost"), work.path());
+    let _k = Killer(vec![pid]);
+    let before = maps(pid);
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(d.path())
+        .args(["-o", "dump.log", "--ghost-limit", "4K"])
+        .output()
+        .expect("run ferry-criu dump");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump past the ghost limit succeeded");
+    assert!(
+        err.contains(&format!("task {pid}: mapping "))
+            && err.contains("(deleted)")
+            && err.contains("8192 bytes")
+            && err.contains("ghost limit of 4096 bytes"),
+        "{err}"
+    );
+    assert_runs(pid);
+    assert_eq!(maps(pid), before);
+}
