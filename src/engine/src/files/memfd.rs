@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use ferry_images::{pb, ImageDir};
 
@@ -22,14 +22,18 @@ use super::restore::{img, Opened, Prep, RestoreError};
 
 // ---- dump ----
 
-/// A memfd inode seen in the dump: its memfd.img entry and content as (offset, bytes) runs of
-/// whole pages (holes stay holes).
+/// A memfd inode seen in the dump: its memfd.img entry and where its content is, as
+/// (offset, length) runs of whole pages (holes stay holes). The content itself is copied from
+/// `file` (ferry's own open of the inode) when the images are written, a chunk at a time, so a
+/// large memfd is never held in ferry's memory.
 #[derive(Debug, Clone)]
 pub struct MemfdInode {
     /// The entry.
     pub entry: pb::MemfdInodeEntry,
-    /// Page-aligned runs of content.
-    pub runs: Vec<(u64, Vec<u8>)>,
+    /// Page-aligned runs of content: (offset, length).
+    pub runs: Vec<(u64, u64)>,
+    /// The memfd.
+    pub file: std::sync::Arc<File>,
 }
 
 const PAGE: u64 = 4096;
@@ -91,11 +95,7 @@ fn read_inode(fd: &Fd, inode_id: u64) -> Result<MemfdInode, FilesError> {
         }
         let start = data as u64 & !(PAGE - 1);
         let end = (hole as u64).div_ceil(PAGE) * PAGE;
-        let mut buf = vec![0u8; (end - start) as usize];
-        let valid = (size.min(end) - start) as usize;
-        f.read_exact_at(&mut buf[..valid], start)
-            .map_err(fd.proc_err(&fd.link))?;
-        runs.push((start, buf));
+        runs.push((start, end - start));
         pos = end;
     }
     Ok(MemfdInode {
@@ -111,6 +111,7 @@ fn read_inode(fd: &Fd, inode_id: u64) -> Result<MemfdInode, FilesError> {
             mode: Some(fd.md.mode()),
         },
         runs,
+        file: std::sync::Arc::new(f),
     })
 }
 
@@ -130,20 +131,26 @@ pub fn write(
     for m in inodes {
         let pages_id = *next_pages_id;
         *next_pages_id += 1;
-        let mut pm = vec![];
-        let mut pages = Vec::new();
-        for (off, bytes) in &m.runs {
-            pm.push(pb::PagemapEntry {
-                vaddr: *off,
+        let pm: Vec<pb::PagemapEntry> = m
+            .runs
+            .iter()
+            .map(|&(off, len)| pb::PagemapEntry {
+                vaddr: off,
                 compat_nr_pages: Some(0),
                 in_parent: None,
                 flags: Some(PE_PRESENT),
-                nr_pages: Some(bytes.len() as u64 / PAGE),
-            });
-            pages.extend_from_slice(bytes);
-        }
+                nr_pages: Some(len / PAGE),
+            })
+            .collect();
         let pname = format!("pages-{pages_id}.img");
-        dir.write_raw(&pname, &pages).map_err(werr(pname.clone()))?;
+        copy_pages(dir, &pname, m).map_err(|source| FilesError::Write {
+            image: pname.clone(),
+            source: ferry_images::dir::DirError::Io {
+                path: format!("{pname} (memfd {})", m.entry.name),
+                op: "copy",
+                source,
+            },
+        })?;
         let name = format!("pagemap-shmem-{}.img", m.entry.shmid);
         let mut w = dir.writer(&name).map_err(werr(name.clone()))?;
         let fr = |e: ferry_images::FrameError| FilesError::Write {
@@ -168,6 +175,36 @@ pub fn write(
             })?;
     }
     Ok(())
+}
+
+/// Copies the content runs of `m` into pages file `pname` with sendfile (in the kernel, no
+/// buffer of ferry's); the tail of the last page past the memfd's size is zeros.
+fn copy_pages(dir: &ImageDir, pname: &str, m: &MemfdInode) -> std::io::Result<()> {
+    use std::io::Write;
+    let size = m.entry.size;
+    let mut out = File::create(dir.path().join(pname))?;
+    for &(off, len) in &m.runs {
+        let data_end = (off + len).min(size);
+        let mut at = off as i64;
+        while (at as u64) < data_end {
+            let n = (data_end - at as u64).min(1 << 30) as usize;
+            // SAFETY: sendfile between two fds we own; `at` is a valid offset slot.
+            let r = unsafe { libc::sendfile(out.as_raw_fd(), m.file.as_raw_fd(), &mut at, n) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let pad = (off + len - data_end.max(off)) as usize;
+        out.write_all(&vec![0u8; pad])?;
+    }
+    out.sync_all()
 }
 
 /// CRIU's PE_PRESENT pagemap flag.

@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use ferry_images::pagemap::Pagemap;
 use ferry_images::{pb, ImageDir};
@@ -130,34 +129,30 @@ pub fn shmem_memfd(
     // SAFETY: fd is a fresh fd we own.
     let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     f.set_len(size).map_err(img_err(0, what.clone()))?;
-    if !dir.has(&what) {
+    let span = size.next_multiple_of(PAGE);
+    if !dir.has(&what) || span == 0 {
         return Ok(f);
     }
-    let data = dir.read(&what).map_err(img_err(0, what.clone()))?;
-    let pm = Pagemap::read(&what, &data).map_err(img_err(0, what.clone()))?;
-    parent_pages(0, &what, &pm)?;
-    let pages_name = pm.pages_file();
-    let ppath = dir.path().join(&pages_name);
-    let plen = std::fs::metadata(&ppath)
-        .map_err(img_err(0, pages_name.clone()))?
-        .len();
-    let runs = pm
-        .runs(&what, &pages_name, plen)
-        .map_err(img_err(0, what.clone()))?;
-    let pages = File::open(&ppath).map_err(img_err(0, pages_name.clone()))?;
-    let mut buf = vec![0u8; PAGE as usize];
-    for r in runs {
-        for i in 0..r.nr_pages {
-            read_full(&pages, &mut buf, r.file_offset + i * PAGE).map_err(|e| {
-                img_err(0, pages_name.clone())(e.unwrap_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pages file too short")
-                }))
-            })?;
-            f.write_all_at(&buf, r.vaddr + i * PAGE)
-                .map_err(img_err(0, what.clone()))?;
-        }
+    // Read straight into a shared mapping of the memfd: one copy, no file growth (the tail of
+    // the last page lies past EOF but inside the mapped page).
+    // SAFETY: a fresh shared mapping of the memfd made above; nothing else refers to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(img_err(0, what)(std::io::Error::last_os_error()));
     }
-    let _ = f.as_raw_fd();
+    let r = fill(dir, &what, p as u64, span);
+    // SAFETY: unmaps only the mapping made above; the content lives on in the memfd.
+    unsafe { libc::munmap(p, span as usize) };
+    r?;
     Ok(f)
 }
 
@@ -185,39 +180,7 @@ pub fn anon_shmem(dir: &ImageDir, shmid: u64, size: u64) -> Result<File, MemErro
     let base = p as u64;
     let result = (|| {
         if dir.has(&what) {
-            let data = dir.read(&what).map_err(img_err(0, what.clone()))?;
-            let pm = Pagemap::read(&what, &data).map_err(img_err(0, what.clone()))?;
-            parent_pages(0, &what, &pm)?;
-            let pages_name = pm.pages_file();
-            let ppath = dir.path().join(&pages_name);
-            let plen = std::fs::metadata(&ppath)
-                .map_err(img_err(0, pages_name.clone()))?
-                .len();
-            let runs = pm
-                .runs(&what, &pages_name, plen)
-                .map_err(img_err(0, what.clone()))?;
-            let pages = File::open(&ppath).map_err(img_err(0, pages_name.clone()))?;
-            for r in runs {
-                let len = r.nr_pages * PAGE;
-                if r.vaddr + len > size {
-                    return Err(img_err(0, what.clone())(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("pages at {:#x} lie past the object's {size} bytes", r.vaddr),
-                    )));
-                }
-                // SAFETY: inside the mapping made above (checked against its size).
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut((base + r.vaddr) as *mut u8, len as usize)
-                };
-                read_full(&pages, buf, r.file_offset).map_err(|e| {
-                    img_err(0, pages_name.clone())(e.unwrap_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "pages file too short",
-                        )
-                    }))
-                })?;
-            }
+            fill(dir, &what, base, size)?;
         }
         let path = format!("/proc/self/map_files/{base:x}-{:x}", base + size);
         std::fs::OpenOptions::new()
@@ -229,4 +192,40 @@ pub fn anon_shmem(dir: &ImageDir, shmid: u64, size: u64) -> Result<File, MemErro
     // SAFETY: unmaps only the mapping made above; the object lives on through the fd.
     unsafe { libc::munmap(p, size as usize) };
     result
+}
+
+/// Reads the pages of shared memory object `what` (`pagemap-shmem-ID.img`) into its mapping at
+/// `base`, `span` bytes long, in runs: each lands where it belongs with a single read.
+fn fill(dir: &ImageDir, what: &str, base: u64, span: u64) -> Result<(), MemError> {
+    let what = what.to_string();
+    let data = dir.read(&what).map_err(img_err(0, what.clone()))?;
+    let pm = Pagemap::read(&what, &data).map_err(img_err(0, what.clone()))?;
+    parent_pages(0, &what, &pm)?;
+    let pages_name = pm.pages_file();
+    let ppath = dir.path().join(&pages_name);
+    let plen = std::fs::metadata(&ppath)
+        .map_err(img_err(0, pages_name.clone()))?
+        .len();
+    let runs = pm
+        .runs(&what, &pages_name, plen)
+        .map_err(img_err(0, what.clone()))?;
+    let pages = File::open(&ppath).map_err(img_err(0, pages_name.clone()))?;
+    for r in runs {
+        let len = r.nr_pages * PAGE;
+        if r.vaddr.checked_add(len).is_none_or(|e| e > span) {
+            return Err(img_err(0, what.clone())(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("pages at {:#x} lie past the object's {span} bytes", r.vaddr),
+            )));
+        }
+        // SAFETY: inside the mapping of `span` bytes at `base` (checked above).
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut((base + r.vaddr) as *mut u8, len as usize) };
+        read_full(&pages, buf, r.file_offset).map_err(|e| {
+            img_err(0, pages_name.clone())(e.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pages file too short")
+            }))
+        })?;
+    }
+    Ok(())
 }
