@@ -24,8 +24,13 @@ impl FileTable {
             Backing::None => Ok(None),
             Backing::Reg => Ok(Some(self.reg_object(f, flags, true))),
             Backing::Ghost | Backing::Memfd => {
-                if let Some(id) = self.by_object.get(&(f.dev, f.ino, flags)) {
-                    return Ok(Some(*id));
+                if let Some(&id) = self.by_object.get(&(f.dev, f.ino, flags)) {
+                    if v.backing == Backing::Ghost && !self.remaps.iter().any(|r| r.orig_id == id) {
+                        // The exe's entry (made first, by path): the file is gone, so it
+                        // becomes a ghost too, under the path it had.
+                        self.ghost_entry(pid, v, id, flags)?;
+                    }
+                    return Ok(Some(id));
                 }
                 let fd = map_fd(pid, v, flags)?;
                 let id = if v.backing == Backing::Memfd {
@@ -93,5 +98,23 @@ fn in_vma(pid: i32, v: &Vma, e: FilesError) -> FilesError {
         end: v.end(),
         name: v.name.clone(),
         what,
+    }
+}
+
+impl FileTable {
+    /// Turns REG entry `id` of the unlinked file `v` maps into a ghost: its name loses
+    /// " (deleted)", its build-id goes (the path may name another file), its content is stored.
+    fn ghost_entry(&mut self, pid: i32, v: &Vma, id: u32, flags: u32) -> Result<(), FilesError> {
+        let fd = map_fd(pid, v, flags)?;
+        if let Some(r) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.id == id)
+            .and_then(|e| e.reg.as_mut())
+        {
+            r.name = r.name.trim_end_matches(" (deleted)").to_string();
+            r.build_id.clear();
+        }
+        super::reg::dump_ghost(self, &fd, id).map_err(|e| in_vma(pid, v, e))
     }
 }

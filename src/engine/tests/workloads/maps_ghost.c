@@ -4,7 +4,9 @@
  *   DIR/g-shared   2 pages, MAP_SHARED rw, fd closed, unlinked
  *   DIR/g-private  3 pages, MAP_PRIVATE rw (page 1 written: a private copy), fd closed, unlinked
  *   DIR/g-both     2 pages, fd 3 (O_RDWR, pos 5) kept open and MAP_SHARED rw, unlinked: the fd
- *                  and the mapping must reach one (still unlinked) file after a restore */
+ *                  and the mapping must reach one (still unlinked) file after a restore
+ * and its own executable: it runs from a copy, DIR/exe, which it unlinks (an upgrade that
+ * replaced a running binary looks the same: /proc/self/exe reads "PATH (deleted)"). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -97,6 +99,23 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return 2;
 	snprintf(dir, sizeof dir, "%s", argv[1]);
+	char exe[600];
+	snprintf(exe, sizeof exe, "%s/exe", dir);
+	if (argc < 3) {
+		/* Run from a copy of this binary, then unlink the copy. */
+		int in = open("/proc/self/exe", O_RDONLY), out = open(exe, O_WRONLY | O_CREAT | O_TRUNC, 0755);
+		char b[65536];
+		ssize_t n;
+		while (in >= 0 && out >= 0 && (n = read(in, b, sizeof b)) > 0)
+			if (write(out, b, n) != n)
+				return 11;
+		close(in);
+		close(out);
+		execl(exe, exe, dir, "copied", (char *)NULL);
+		return 12;
+	}
+	if (unlink(exe))
+		return 13;
 	struct sigaction sa_ = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa_, NULL);
 	char ps[600], pp[600], pb[600];
@@ -131,7 +150,12 @@ int main(int argc, char **argv)
 	maps_line(gb, line, sizeof line);
 	snprintf(want, sizeof want, "%s (deleted)", pb);
 	CHECK(strstr(line, "rw-s") && strstr(line, want), "gb maps %s", line);
-	CHECK(access(ps, F_OK) && access(pp, F_OK) && access(pb, F_OK), "a name came back");
+	CHECK(access(ps, F_OK) && access(pp, F_OK) && access(pb, F_OK) && access(exe, F_OK),
+	      "a name came back");
+	char self[700] = "";
+	readlink("/proc/self/exe", self, sizeof self - 1);
+	snprintf(want, sizeof want, "%s (deleted)", exe);
+	CHECK(!strcmp(self, want), "exe is %s", self);
 
 	/* Contents. */
 	CHECK(same(gs, 0, 10, 1) && !memcmp(gs + 10, "before-dump", 11) &&
