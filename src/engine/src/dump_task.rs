@@ -365,9 +365,10 @@ pub fn dump_task(
     let exe = exe_file(pid)?;
     let exe_id = ctx.files.reg_object(&exe, 0, true);
     for v in vmas.iter_mut() {
-        if let Some(f) = &v.file {
-            v.entry.shmid = ctx.files.reg_object(f, v.entry.fdflags.unwrap_or(0), true) as u64;
-        }
+        v.entry.shmid = match ctx.files.mapping(pid, v)? {
+            Some(id) => u64::from(id),
+            None => v.entry.shmid,
+        };
     }
     let mmf = mem::dump::mm_fields(pid)?;
     let fdinfo = ctx.files.dump_fds(pid, shell_job)?;

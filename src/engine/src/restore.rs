@@ -373,7 +373,9 @@ fn check(
                 if fl == libc::O_RDWR {
                     *e = fl;
                 }
-            } else if v.status & mem::status::ANON_SHARED != 0 {
+            } else if v.status & mem::status::ANON_SHARED != 0
+                && v.status & mem::status::SYSVIPC == 0
+            {
                 let s = needs.shmem.entry(v.shmid).or_insert(0);
                 *s = (*s).max(v.pgoff + v.end - v.start);
             }
@@ -526,6 +528,8 @@ pub(crate) fn release(plan: &Plan, limit: Duration, log: &mut Log) -> Result<(),
             msg: "thread not found in /proc under its task".into(),
         })
     };
+    // Every mapping is in place: memfds take their seals back.
+    crate::files::memfd::apply_seals(&plan.opened.memfd_seals).map_err(stage_err("memfd seals"))?;
     // Every task waits before rt_sigreturn: TCP connections leave repair mode now, before any
     // task runs its own code (files::inet::restore).
     crate::files::inet::restore::leave_repair(&plan.opened.inet)

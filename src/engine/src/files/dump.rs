@@ -46,6 +46,14 @@ pub enum FilesError {
         what: String,
     },
     /// The tree holds a file lock.
+    #[error("task {pid}: mapping {start:#x}-{end:#x} ({name}): {what}")]
+    Mapping {
+        pid: i32,
+        start: u64,
+        end: u64,
+        name: String,
+        what: String,
+    },
     #[error("task {pid}: holds a {lock}: file locks are dumped only with --file-locks")]
     Locked { pid: i32, lock: String },
     /// Reading a pipe's buffered data failed.

@@ -5,13 +5,15 @@
 //! inode, fills it from its shmem pagemap, and opens every description and mapping on it. The
 //! dump reads the content through a fresh open of /proc/PID/fd/N (SEEK_DATA/SEEK_HOLE skip
 //! holes) into pagemap-shmem-INO.img and a pages file of its own, as CRIU lays them out; seals
-//! come from F_GET_SEALS. Seals beyond F_SEAL_SEAL are refused at restore (the memfd the memory
-//! code makes is not sealable); memfd mappings are refused by the memory dump.
+//! come from F_GET_SEALS. A restore makes the memfd sealable when it was and adds the seals only
+//! after every task has mapped it (F_SEAL_WRITE/FUTURE_WRITE would forbid the restore's own
+//! writable mappings). Mappings of a memfd name a MEMFD entry on the same inode
+//! ([`super::mapped`]), so fds and mappings share one file again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use ferry_images::{pb, ImageDir};
 
@@ -20,14 +22,18 @@ use super::restore::{img, Opened, Prep, RestoreError};
 
 // ---- dump ----
 
-/// A memfd inode seen in the dump: its memfd.img entry and content as (offset, bytes) runs of
-/// whole pages (holes stay holes).
+/// A memfd inode seen in the dump: its memfd.img entry and where its content is, as
+/// (offset, length) runs of whole pages (holes stay holes). The content itself is copied from
+/// `file` (ferry's own open of the inode) when the images are written, a chunk at a time, so a
+/// large memfd is never held in ferry's memory.
 #[derive(Debug, Clone)]
 pub struct MemfdInode {
     /// The entry.
     pub entry: pb::MemfdInodeEntry,
-    /// Page-aligned runs of content.
-    pub runs: Vec<(u64, Vec<u8>)>,
+    /// Page-aligned runs of content: (offset, length).
+    pub runs: Vec<(u64, u64)>,
+    /// The memfd.
+    pub file: std::sync::Arc<File>,
 }
 
 const PAGE: u64 = 4096;
@@ -89,11 +95,7 @@ fn read_inode(fd: &Fd, inode_id: u64) -> Result<MemfdInode, FilesError> {
         }
         let start = data as u64 & !(PAGE - 1);
         let end = (hole as u64).div_ceil(PAGE) * PAGE;
-        let mut buf = vec![0u8; (end - start) as usize];
-        let valid = (size.min(end) - start) as usize;
-        f.read_exact_at(&mut buf[..valid], start)
-            .map_err(fd.proc_err(&fd.link))?;
-        runs.push((start, buf));
+        runs.push((start, end - start));
         pos = end;
     }
     Ok(MemfdInode {
@@ -109,6 +111,7 @@ fn read_inode(fd: &Fd, inode_id: u64) -> Result<MemfdInode, FilesError> {
             mode: Some(fd.md.mode()),
         },
         runs,
+        file: std::sync::Arc::new(f),
     })
 }
 
@@ -128,20 +131,26 @@ pub fn write(
     for m in inodes {
         let pages_id = *next_pages_id;
         *next_pages_id += 1;
-        let mut pm = vec![];
-        let mut pages = Vec::new();
-        for (off, bytes) in &m.runs {
-            pm.push(pb::PagemapEntry {
-                vaddr: *off,
+        let pm: Vec<pb::PagemapEntry> = m
+            .runs
+            .iter()
+            .map(|&(off, len)| pb::PagemapEntry {
+                vaddr: off,
                 compat_nr_pages: Some(0),
                 in_parent: None,
                 flags: Some(PE_PRESENT),
-                nr_pages: Some(bytes.len() as u64 / PAGE),
-            });
-            pages.extend_from_slice(bytes);
-        }
+                nr_pages: Some(len / PAGE),
+            })
+            .collect();
         let pname = format!("pages-{pages_id}.img");
-        dir.write_raw(&pname, &pages).map_err(werr(pname.clone()))?;
+        copy_pages(dir, &pname, m).map_err(|source| FilesError::Write {
+            image: pname.clone(),
+            source: ferry_images::dir::DirError::Io {
+                path: format!("{pname} (memfd {})", m.entry.name),
+                op: "copy",
+                source,
+            },
+        })?;
         let name = format!("pagemap-shmem-{}.img", m.entry.shmid);
         let mut w = dir.writer(&name).map_err(werr(name.clone()))?;
         let fr = |e: ferry_images::FrameError| FilesError::Write {
@@ -166,6 +175,36 @@ pub fn write(
             })?;
     }
     Ok(())
+}
+
+/// Copies the content runs of `m` into pages file `pname` with sendfile (in the kernel, no
+/// buffer of ferry's); the tail of the last page past the memfd's size is zeros.
+fn copy_pages(dir: &ImageDir, pname: &str, m: &MemfdInode) -> std::io::Result<()> {
+    use std::io::Write;
+    let size = m.entry.size;
+    let mut out = File::create(dir.path().join(pname))?;
+    for &(off, len) in &m.runs {
+        let data_end = (off + len).min(size);
+        let mut at = off as i64;
+        while (at as u64) < data_end {
+            let n = (data_end - at as u64).min(1 << 30) as usize;
+            // SAFETY: sendfile between two fds we own; `at` is a valid offset slot.
+            let r = unsafe { libc::sendfile(out.as_raw_fd(), m.file.as_raw_fd(), &mut at, n) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let pad = (off + len - data_end.max(off)) as usize;
+        out.write_all(&vec![0u8; pad])?;
+    }
+    out.sync_all()
 }
 
 /// CRIU's PE_PRESENT pagemap flag.
@@ -211,22 +250,79 @@ impl Inodes {
             what: "memfd.img inode".into(),
             id: inode as u32,
         })?;
-        let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name)
+        if m.seals & !KNOWN_SEALS != 0 {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                fd: 0,
+                what: format!("memfd {} with unknown seals {:#x}", m.name, m.seals),
+            });
+        }
+        if m.hugetlb_flag.unwrap_or(0) != 0 {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                fd: 0,
+                what: format!("hugetlb memfd {}", m.name),
+            });
+        }
+        // A memfd made without MFD_ALLOW_SEALING reads F_SEAL_SEAL alone.
+        let sealing = m.seals != libc::F_SEAL_SEAL as u32;
+        let f = crate::mem::restore::shmem_memfd(dir, u64::from(m.shmid), m.size, &m.name, sealing)
             .map_err(|e| RestoreError::Image {
                 what: format!("memfd {}", m.name),
                 source: Box::new(e),
             })?;
-        if m.seals & !(libc::F_SEAL_SEAL as u32) != 0 {
-            return Err(RestoreError::Unsupported {
-                pid: 0,
-                fd: 0,
-                what: format!("memfd {} with seals {:#x}", m.name, m.seals),
-            });
+        // SAFETY: fchown on an fd we own.
+        if unsafe { libc::fchown(f.as_raw_fd(), m.uid, m.gid) } != 0 {
+            return Err(super::restore::sys("fchown", &format!("memfd {}", m.name)));
         }
         let fd: OwnedFd = f.into();
+        if sealing && m.seals != 0 {
+            out.memfd_seals.push((dup(&fd)?, m.seals));
+        }
         out.shmem.insert(key, dup(&fd)?);
         Ok(fd)
     }
+}
+
+/// F_SEAL_SEAL, SHRINK, GROW, WRITE, FUTURE_WRITE, EXEC.
+const KNOWN_SEALS: u32 = 0x3f;
+
+/// Adds every restored memfd's seals, once every task has mapped what it maps: F_SEAL_WRITE and
+/// F_SEAL_FUTURE_WRITE forbid the writable mappings restore itself makes, and F_SEAL_SEAL goes
+/// last by nature (one F_ADD_SEALS call sets all bits at once).
+pub fn apply_seals(seals: &[(OwnedFd, u32)]) -> Result<(), RestoreError> {
+    for (fd, s) in seals {
+        // SAFETY: fcntl on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, *s as i32) } != 0 {
+            let err = std::io::Error::last_os_error();
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(RestoreError::Sys {
+                op: "F_ADD_SEALS",
+                path: format!("{name} (seals {s:#x})"),
+                source: err,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The file a mapping of memfd inode `inode` maps: the inode's memfd itself when the mapping
+/// may write (`flags` O_RDWR), else a read-only reopen of it, so a read-only shared mapping is
+/// not counted as writable (it would make F_SEAL_WRITE fail, and could be mprotect'ed to write).
+pub fn map_fd(p: &mut Prep, inode: u32, flags: i32) -> Result<OwnedFd, RestoreError> {
+    let base = p.memfds.get(p.dir, inode, &mut p.out)?;
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        return Ok(base);
+    }
+    std::fs::File::open(format!("/proc/self/fd/{}", base.as_raw_fd()))
+        .map(OwnedFd::from)
+        .map_err(|e| RestoreError::Sys {
+            op: "open read-only",
+            path: format!("memfd inode {inode}"),
+            source: e,
+        })
 }
 
 /// The description of a MEMFD entry: a new open of the inode's memfd with the entry's flags

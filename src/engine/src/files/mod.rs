@@ -13,7 +13,7 @@
 //! Layout: [`dump`] and [`restore`] are small dispatchers by fd kind; each kind lives in one
 //! module holding both halves ([`reg`], [`pipe`], [`fifo`], [`tty`], [`pty`], [`eventfd`],
 //! [`epoll`], [`signalfd`], [`timerfd`], [`inotify`], [`fanotify`], [`memfd`], [`pidfd`],
-//! [`locks`]).
+//! [`locks`]); [`mapped`] gives the files behind memory mappings their entries.
 //! Sockets (`unix*`, `inet*`, `tcp`) hook in through one match arm in each dispatcher. SysV IPC
 //! objects are not files and, as in CRIU, are not dumped for a tree in the host IPC namespace
 //! (a container's IPC namespace is dumped whole by `crate::ipc`).
@@ -26,6 +26,7 @@ pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod locks;
+pub mod mapped;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;

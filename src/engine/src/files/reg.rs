@@ -149,7 +149,14 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
     })
 }
 
-fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
+/// Records the ghost of the unlinked file `fd` for REG entry `id`; one ghost-file image per
+/// inode, shared by every entry (fds and mappings) of it, so a restore makes one file again.
+pub(crate) fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
+    if let Some(n) = ghost_of(t, fd) {
+        // Another description of the same unlinked file: one ghost, so one file at restore.
+        add_remap(t, id, n);
+        return Ok(());
+    }
     let size = fd.md.size();
     if size > t.ghost_limit {
         return Err(fd.state(
@@ -159,11 +166,6 @@ fn dump_ghost(t: &mut FileTable, fd: &Fd, id: u32) -> Result<(), FilesError> {
                 fd.target, t.ghost_limit
             ),
         ));
-    }
-    if let Some(n) = ghost_of(t, fd) {
-        // Another description of the same unlinked file: one ghost, so one file at restore.
-        add_remap(t, id, n);
-        return Ok(());
     }
     let mut data = Vec::with_capacity(size as usize);
     File::open(&fd.link)

@@ -142,6 +142,8 @@ pub struct Opened {
     pub maps: BTreeMap<u32, OwnedFd>,
     /// Anonymous shared memory, by shmid.
     pub shmem: BTreeMap<u64, OwnedFd>,
+    /// memfds with the seals to add once every mapping is in place (`memfd::apply_seals`).
+    pub memfd_seals: Vec<(OwnedFd, u32)>,
     /// epoll targets to add once a task's fds are in place, by the epoll's files.img id.
     pub epolls: BTreeMap<u32, Vec<pb::EventpollTfdEntry>>,
     /// F_SETOWN owners and F_SETSIG signals to set in the task, by files.img id.
@@ -307,7 +309,7 @@ pub fn prepare(
         let fd: OwnedFd = if let Some(r) = &f.reg {
             reg::open(r, flags, false, &p.ghosts)?.into()
         } else if let Some(m) = &f.memfd {
-            p.memfds.get(dir, m.inode_id, &mut p.out)?
+            memfd::map_fd(&mut p, m.inode_id, flags)?
         } else {
             return Err(RestoreError::Unsupported {
                 pid: 0,

@@ -4,7 +4,11 @@
 //! device/inode, name and `VmFlags` (two-letter kernel vm_flags: `gd` grows-down, `dd`
 //! dont-dump, `nh` no-hugepage, ...). For file-backed and shared-anonymous VMAs
 //! /proc/PID/map_files/START-END is a link to the very file mapped (also when its path was
-//! replaced), so stat through it gives the inode, mode and size CRIU records. [vvar] and
+//! replaced), so stat through it gives the inode, mode and size CRIU records. Named by maps:
+//! `/memfd:NAME (deleted)` is a memfd (VMA_AREA_MEMFD; its MEMFD entry carries the content),
+//! `/SYSVKEY (deleted)` a SysV attachment (VMA_AREA_SYSVIPC; the shmem inode number is the
+//! segment id, the content is the segment's), `PATH (deleted)` a file unlinked while mapped (a
+//! ghost file keeps its content), `/dev/zero (deleted)` shared anonymous memory. [vvar] and
 //! [vvar_vclock] are one kernel-provided block (CRIU 4.2 writes them as one VVAR VMA); [vdso] is
 //! dumped with its pages so restore can compare it with the running kernel's.
 
@@ -49,7 +53,9 @@ pub mod status {
     pub const FILE_SHARED: u32 = 1 << 7;
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
+    pub const MEMFD: u32 = 1 << 14;
 }
 
 /// How a VMA's contents reach the images.
@@ -86,6 +92,19 @@ pub struct MappedFile {
     pub size: u64,
 }
 
+/// What object backs a file VMA, which decides the files.img entry its `shmid` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// No file (anonymous, shared anonymous, SysV, kernel special).
+    None,
+    /// A file with a path: a REG entry.
+    Reg,
+    /// A file unlinked while mapped: a REG entry with a ghost file (remap-fpath.img).
+    Ghost,
+    /// A memfd: a MEMFD entry whose inode (memfd.img) holds the content.
+    Memfd,
+}
+
 /// One VMA ready for mm-PID.img, plus what dump needs beyond the entry.
 #[derive(Debug, Clone)]
 pub struct Vma {
@@ -95,6 +114,8 @@ pub struct Vma {
     pub contents: Contents,
     /// The mapped file of a file-backed VMA.
     pub file: Option<MappedFile>,
+    /// Which kind of files.img entry the mapped file gets.
+    pub backing: Backing,
     /// Name as /proc shows it.
     pub name: String,
 }
@@ -209,6 +230,7 @@ fn vmflags(v: &SmapsVma) -> (u64, u32, Option<&'static str>) {
             "hg" => madv |= 1 << libc::MADV_HUGEPAGE,
             "nh" => madv |= 1 << libc::MADV_NOHUGEPAGE,
             "wf" => madv |= 1 << libc::MADV_WIPEONFORK,
+            "ht" => bad = Some("hugetlb mapping (VM_HUGETLB)"),
             "io" => bad = Some("I/O memory (VM_IO)"),
             "pf" => bad = Some("PFN mapping (VM_PFNMAP)"),
             _ => {}
@@ -266,6 +288,7 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
         file: false,
     };
     let mut file = None;
+    let mut backing = Backing::None;
     match v.name.as_str() {
         "[vsyscall]" => {
             entry.status = status::VSYSCALL | status::ANON_PRIVATE;
@@ -291,10 +314,19 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
                 return Err(unsupported("uprobes area"));
             }
         }
-        n if n.starts_with("/memfd:") => {
-            return Err(unsupported("memfd mapping (not supported yet)"))
+        // Kernel-internal files that look like unlinked ones.
+        n if n.starts_with("/[aio]") => return Err(unsupported("AIO ring")),
+        n if n.starts_with("/secretmem") => return Err(unsupported("memfd_secret mapping")),
+        n if n.starts_with("/SYSV") => {
+            // A SysV segment's shmem file has the segment id as its inode number; its content
+            // belongs to the segment (IPC namespace images), not to the task.
+            let f = mapped_file(pid, v)?;
+            entry.flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | extra;
+            entry.status = status::REGULAR | status::ANON_SHARED | status::SYSVIPC;
+            entry.pgoff = v.offset;
+            entry.shmid = f.ino;
+            contents = Contents::None;
         }
-        n if n.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
         n if shared && n.starts_with("/dev/zero") => {
             let f = mapped_file(pid, v)?;
             entry.flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | extra;
@@ -303,16 +335,24 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
             entry.shmid = f.ino;
             contents = Contents::Shmem { ino: f.ino };
         }
-        n if n.ends_with(" (deleted)") => {
-            return Err(unsupported("mapping of a deleted file (not supported yet)"))
-        }
         n if n.starts_with('/') => {
             let f = mapped_file(pid, v)?;
             if f.mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(unsupported("mapping of a device or special file"));
             }
+            let deleted = n.ends_with(" (deleted)");
+            let (kind, extra_status) = if n.starts_with("/memfd:") {
+                (Backing::Memfd, status::MEMFD)
+            } else if deleted {
+                (Backing::Ghost, 0)
+            } else {
+                (Backing::Reg, 0)
+            };
             entry.pgoff = v.offset;
-            let writable_shared = shared && prot & libc::PROT_WRITE as u32 != 0;
+            // VM_MAYWRITE ("mw"): the file was opened for writing, so the mapping may be made
+            // writable later (mprotect), and a memfd F_SEAL_WRITE would count it as writable.
+            let may_write = v.vmflags.iter().any(|f| f == "mw");
+            let writable_shared = shared && (prot & libc::PROT_WRITE as u32 != 0 || may_write);
             entry.fdflags = Some(if writable_shared {
                 libc::O_RDWR as u32
             } else {
@@ -320,16 +360,17 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
             });
             if shared {
                 entry.flags = libc::MAP_SHARED as u32 | extra;
-                entry.status = status::REGULAR | status::FILE_SHARED;
+                entry.status = status::REGULAR | status::FILE_SHARED | extra_status;
                 contents = Contents::None;
             } else {
                 entry.flags = libc::MAP_PRIVATE as u32 | extra;
-                entry.status = status::REGULAR | status::FILE_PRIVATE;
+                entry.status = status::REGULAR | status::FILE_PRIVATE | extra_status;
                 contents = Contents::Private {
                     lazy: false,
                     file: true,
                 };
             }
+            backing = kind;
             file = Some(f);
         }
         _ => return Err(unsupported("unknown special mapping")),
@@ -338,6 +379,7 @@ pub fn classify(pid: i32, v: &SmapsVma) -> Result<Vma> {
         entry,
         contents,
         file,
+        backing,
         name: v.name.clone(),
     })
 }
@@ -447,6 +489,107 @@ VmFlags: rd mr pf io de dd\n\
 Rss:                 12 kB\n\
 VmFlags: rd wr mr mw me gd ac\n";
 
+    /// The smaps record of `addr` in this very process.
+    fn own(addr: u64) -> SmapsVma {
+        let me = std::process::id() as i32;
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        parse_smaps(me, &text)
+            .unwrap()
+            .into_iter()
+            .find(|v| v.start == addr)
+            .expect("the mapping in smaps")
+    }
+
+    fn map(fd: i32, len: usize, flags: i32) -> u64 {
+        // SAFETY: a fresh mapping the kernel places; the tests only read its smaps record.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    }
+
+    fn unmap(a: u64, len: usize) {
+        // SAFETY: unmaps a mapping made by `map` above.
+        unsafe { libc::munmap(a as *mut libc::c_void, len) };
+    }
+
+    /// memfd, SysV and unlinked-file mappings of this process, classified as CRIU does.
+    /// (/proc/PID/map_files needs CAP_SYS_ADMIN: skipped when not root.)
+    #[test]
+    fn classifies_memfd_sysv_and_unlinked_file_mappings() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let me = std::process::id() as i32;
+        let name = c"ferry-classify";
+        // SAFETY: memfd_create with a valid C string; the fd is closed below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: ftruncate of the fd made above.
+        assert_eq!(unsafe { libc::ftruncate(fd, 8192) }, 0);
+        let s = map(fd, 8192, libc::MAP_SHARED);
+        let p = map(fd, 8192, libc::MAP_PRIVATE);
+        let vs = classify(me, &own(s)).unwrap();
+        assert_eq!(
+            vs.entry.status,
+            status::REGULAR | status::FILE_SHARED | status::MEMFD
+        );
+        assert_eq!((vs.backing, vs.contents), (Backing::Memfd, Contents::None));
+        assert_eq!(vs.entry.fdflags, Some(libc::O_RDWR as u32));
+        let vp = classify(me, &own(p)).unwrap();
+        assert_eq!(
+            vp.entry.status,
+            status::REGULAR | status::FILE_PRIVATE | status::MEMFD
+        );
+        assert_eq!(vp.file.as_ref().unwrap().ino, vs.file.as_ref().unwrap().ino);
+        unmap(s, 8192);
+        unmap(p, 8192);
+        // SAFETY: closes the memfd made above.
+        unsafe { libc::close(fd) };
+
+        // SAFETY: plain SysV calls; the segment is removed below.
+        let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, 0o600 | libc::IPC_CREAT) };
+        assert!(id >= 0);
+        // SAFETY: attaches the segment made above at an address the kernel picks.
+        let a = unsafe { libc::shmat(id, std::ptr::null(), 0) } as u64;
+        // SAFETY: removal is deferred until the attachment goes.
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        let v = classify(me, &own(a)).unwrap();
+        // SAFETY: detaches the attachment made above.
+        unsafe { libc::shmdt(a as *const libc::c_void) };
+        assert_eq!(
+            v.entry.status,
+            status::REGULAR | status::ANON_SHARED | status::SYSVIPC
+        );
+        assert_eq!((v.entry.shmid, v.contents), (id as u64, Contents::None));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapped");
+        std::fs::write(&path, [7u8; 4096]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let g = map(std::os::fd::AsRawFd::as_raw_fd(&f), 4096, libc::MAP_SHARED);
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+        let v = classify(me, &own(g)).unwrap();
+        unmap(g, 4096);
+        assert_eq!(v.backing, Backing::Ghost);
+        assert_eq!(v.entry.status, status::REGULAR | status::FILE_SHARED);
+        assert!(v.name.ends_with(" (deleted)"), "{}", v.name);
+    }
+
     #[test]
     fn parses_and_classifies() {
         let v = parse_smaps(1, SMAPS).unwrap();
@@ -473,10 +616,24 @@ VmFlags: rd wr mr mw me gd ac\n";
                 file: false
             }
         );
+        for (name, what) in [
+            ("/[aio] (deleted)", "AIO ring"),
+            ("/secretmem (deleted)", "secretmem"),
+        ] {
+            let mut m = v[2].clone();
+            m.name = name.into();
+            m.ino = 9;
+            let e = classify(7, &m).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
         let mut m = v[2].clone();
-        m.name = "/memfd:x (deleted)".into();
-        m.ino = 5;
+        m.vmflags.push("ht".into());
         let e = classify(7, &m).unwrap_err().to_string();
-        assert!(e.contains("task 7") && e.contains("memfd"), "{e}");
+        assert!(e.contains("hugetlb"), "{e}");
+        // A mapping of something that is neither a regular file nor a known special mapping.
+        let mut m = v[2].clone();
+        m.name = "[uprobes]".into();
+        let e = classify(7, &m).unwrap_err().to_string();
+        assert!(e.contains("task 7") && e.contains("uprobes"), "{e}");
     }
 }

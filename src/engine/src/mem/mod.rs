@@ -3,3 +3,4 @@
 pub mod dump;
 pub mod dump_pages;
 pub mod restore;
+pub mod shared;

@@ -5,7 +5,10 @@
 //! restore range: an anonymous private VMA is mapped fresh there and its pages are `pread` into
 //! it (the only copy the data ever makes), a file VMA is mapped from the fd the coordinator opened
 //! (private ones get their dumped pages written over, which makes exactly those pages COW copies),
-//! and shared memory comes from the memfd the coordinator created and filled once for all tasks.
+//! and shared memory comes from the memfd the coordinator created and filled once for all tasks
+//! (a memfd mapping maps the very memfd its fds reopen; a mapping of an unlinked file maps the
+//! re-created ghost, unlinked again before any task runs); a SysV attachment is made by the task
+//! itself ([`super::shared`]).
 //! Each staged mapping is placed at the same offset modulo 2 MiB as its target so huge pages can
 //! move whole. The restorer then `mremap`s each staged mapping to its target address: page tables
 //! move, no data is copied. The kernel's current vDSO/vvar/vvar_vclock are moved to where the image
@@ -13,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -21,6 +24,8 @@ use ferry_blob_abi::restorer::{Madvise, Range, Remap};
 use ferry_images::pagemap::{PageRun, Pagemap};
 use ferry_images::{pb, ImageDir};
 use thiserror::Error;
+
+pub use super::shared::{anon_shmem, shmem_memfd};
 
 /// Page size.
 pub const PAGE: u64 = 4096;
@@ -143,7 +148,7 @@ pub struct MemImage {
     pub pages: PathBuf,
 }
 
-fn img_err<E: std::error::Error + Send + Sync + 'static>(
+pub(super) fn img_err<E: std::error::Error + Send + Sync + 'static>(
     pid: u32,
     what: String,
 ) -> impl FnOnce(E) -> MemError {
@@ -201,7 +206,6 @@ impl MemImage {
                 });
             }
             let bad = [
-                (status::SYSVIPC, "SysV shared memory"),
                 (status::SOCKET, "a packet socket ring"),
                 (status::AIORING, "an AIO ring"),
                 (status::SHSTK, "a shadow stack"),
@@ -283,7 +287,7 @@ impl MemImage {
 
 /// Refuses pagemap entries whose pages are not in this checkpoint (in a parent checkpoint of an
 /// incremental dump, or lazy-only): restoring them as zeros would corrupt the task.
-fn parent_pages(pid: u32, name: &str, pm: &Pagemap) -> Result<(), MemError> {
+pub(super) fn parent_pages(pid: u32, name: &str, pm: &Pagemap) -> Result<(), MemError> {
     if let Some(it) = pm.items.iter().find(|i| !i.in_pages_file()) {
         let n = it.pages();
         return Err(MemError::Unsupported {
@@ -487,6 +491,17 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
         };
         let prot = v.prot as i32;
         let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        if v.status & status::SYSVIPC != 0 {
+            super::shared::attach_sysv(pid, v, at)?;
+            out.remaps.push(Remap {
+                from: at,
+                len: size,
+                to: v.start,
+            });
+            push_madvise(&mut out.madvise, v);
+            at += size;
+            continue;
+        }
         let (fd, staged_prot, flags, off) =
             if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
                 let fd = *fds.by_file.get(&v.shmid).ok_or(MemError::Invalid {
@@ -564,16 +579,7 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
             len: size,
             to: v.start,
         });
-        let madv = v.madv.unwrap_or(0);
-        for bit in 0..64u64 {
-            if madv & (1 << bit) != 0 {
-                out.madvise.push(Madvise {
-                    start: v.start,
-                    len: size,
-                    advice: bit,
-                });
-            }
-        }
+        push_madvise(&mut out.madvise, v);
         at += size;
     }
     fill(pid, &img.pages, &pages, &jobs)?;
@@ -589,6 +595,19 @@ pub fn stage(img: &MemImage, fds: &MapFds, base: u64, len: u64) -> Result<Staged
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
     Ok(out)
+}
+
+fn push_madvise(out: &mut Vec<Madvise>, v: &pb::VmaEntry) {
+    let madv = v.madv.unwrap_or(0);
+    for bit in 0..64u64 {
+        if madv & (1 << bit) != 0 {
+            out.push(Madvise {
+                start: v.start,
+                len: v.end - v.start,
+                advice: bit,
+            });
+        }
+    }
 }
 
 const FILL_CHUNK: u64 = 16 << 20;
@@ -646,7 +665,11 @@ fn fill(pid: u32, path: &std::path::Path, pages: &File, jobs: &[Fill]) -> Result
 }
 
 /// Reads exactly `buf.len()` bytes at `off`; `Err(None)` at end of file.
-fn read_full(f: &File, buf: &mut [u8], mut off: u64) -> Result<(), Option<std::io::Error>> {
+pub(super) fn read_full(
+    f: &File,
+    buf: &mut [u8],
+    mut off: u64,
+) -> Result<(), Option<std::io::Error>> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], off) {
@@ -680,118 +703,4 @@ pub fn mm_map(mm: &pb::MmEntry, auxv: u64, exe_fd: RawFd) -> ferry_blob_abi::res
         auxv_size: (mm.mm_saved_auxv.len() * 8) as u32,
         exe_fd: exe_fd as u32,
     }
-}
-
-/// Creates and fills the memfd for one piece of shared memory (`pagemap-shmem-ID.img`), in the
-/// coordinator, once for every task that maps it.
-pub fn shmem_memfd(dir: &ImageDir, shmid: u64, size: u64, name: &str) -> Result<File, MemError> {
-    let what = format!("pagemap-shmem-{shmid}.img");
-    let cname = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
-    // SAFETY: memfd_create with a valid C string; returns a new fd we own.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(img_err(0, what)(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh fd we own.
-    let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    f.set_len(size).map_err(img_err(0, what.clone()))?;
-    if !dir.has(&what) {
-        return Ok(f);
-    }
-    let data = dir.read(&what).map_err(img_err(0, what.clone()))?;
-    let pm = Pagemap::read(&what, &data).map_err(img_err(0, what.clone()))?;
-    parent_pages(0, &what, &pm)?;
-    let pages_name = pm.pages_file();
-    let ppath = dir.path().join(&pages_name);
-    let plen = std::fs::metadata(&ppath)
-        .map_err(img_err(0, pages_name.clone()))?
-        .len();
-    let runs = pm
-        .runs(&what, &pages_name, plen)
-        .map_err(img_err(0, what.clone()))?;
-    let pages = File::open(&ppath).map_err(img_err(0, pages_name.clone()))?;
-    let mut buf = vec![0u8; PAGE as usize];
-    for r in runs {
-        for i in 0..r.nr_pages {
-            read_full(&pages, &mut buf, r.file_offset + i * PAGE).map_err(|e| {
-                img_err(0, pages_name.clone())(e.unwrap_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pages file too short")
-                }))
-            })?;
-            f.write_all_at(&buf, r.vaddr + i * PAGE)
-                .map_err(img_err(0, what.clone()))?;
-        }
-    }
-    let _ = f.as_raw_fd();
-    Ok(f)
-}
-
-/// Creates and fills anonymous shared memory (`MAP_SHARED | MAP_ANONYMOUS`, a shmem object the
-/// kernel names "/dev/zero (deleted)") for `shmid`, in the coordinator, and returns an fd to the
-/// object through /proc/self/map_files, so every task maps the same object under the same name
-/// as before the dump.
-pub fn anon_shmem(dir: &ImageDir, shmid: u64, size: u64) -> Result<File, MemError> {
-    let what = format!("pagemap-shmem-{shmid}.img");
-    let size = size.next_multiple_of(PAGE);
-    // SAFETY: a fresh shared anonymous mapping; nothing else refers to this range.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(img_err(0, what)(std::io::Error::last_os_error()));
-    }
-    let base = p as u64;
-    let result = (|| {
-        if dir.has(&what) {
-            let data = dir.read(&what).map_err(img_err(0, what.clone()))?;
-            let pm = Pagemap::read(&what, &data).map_err(img_err(0, what.clone()))?;
-            parent_pages(0, &what, &pm)?;
-            let pages_name = pm.pages_file();
-            let ppath = dir.path().join(&pages_name);
-            let plen = std::fs::metadata(&ppath)
-                .map_err(img_err(0, pages_name.clone()))?
-                .len();
-            let runs = pm
-                .runs(&what, &pages_name, plen)
-                .map_err(img_err(0, what.clone()))?;
-            let pages = File::open(&ppath).map_err(img_err(0, pages_name.clone()))?;
-            for r in runs {
-                let len = r.nr_pages * PAGE;
-                if r.vaddr + len > size {
-                    return Err(img_err(0, what.clone())(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("pages at {:#x} lie past the object's {size} bytes", r.vaddr),
-                    )));
-                }
-                // SAFETY: inside the mapping made above (checked against its size).
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut((base + r.vaddr) as *mut u8, len as usize)
-                };
-                read_full(&pages, buf, r.file_offset).map_err(|e| {
-                    img_err(0, pages_name.clone())(e.unwrap_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "pages file too short",
-                        )
-                    }))
-                })?;
-            }
-        }
-        let path = format!("/proc/self/map_files/{base:x}-{:x}", base + size);
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(img_err(0, path))
-    })();
-    // SAFETY: unmaps only the mapping made above; the object lives on through the fd.
-    unsafe { libc::munmap(p, size as usize) };
-    result
 }
