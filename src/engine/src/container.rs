@@ -422,17 +422,40 @@ fn restore_into(
     }
     let t = Instant::now();
     if opts.cgroups != CgroupMode::Ignore && dir.has(crate::cgroups::IMAGE) {
-        check_cgroup_paths(pid, dir)?;
-        let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
-        let set = inv.root_cg_set.unwrap_or(1);
-        done.cgroups = Some(crate::cgroups::restore_cgroups(
+        // runc's rule: the container's cgroups are the ones the runtime made from the new
+        // config; the images' cgroups are moved there (CRIU's --cgroup-root).
+        let roots = crate::cgroups::CgroupRoots::of_task(pid)?;
+        let set = root_cg_set(dir)?;
+        let (st, moved) = crate::cgroups::restore_cgroups_at(
             dir,
             opts.cgroups,
             &[(pid, set)],
-        )?);
+            Some((set, &roots)),
+        )?;
+        done.cgroups = Some(st);
+        for m in moved {
+            log.line(
+                2,
+                &format!("cgroup root of {:?}: {} -> {}", m.hierarchy, m.from, m.to),
+            );
+        }
         log.stage("container cgroups", t);
     }
     Ok(())
+}
+
+/// The cg set of the tree's root task: its core's `cg_set` (CRIU's inventory `root_cg_set` is
+/// the set CRIU itself was in), else the inventory's (ferry writes both as 1).
+fn root_cg_set(dir: &ImageDir) -> Result<u32, ContainerError> {
+    let tree: Vec<pb::PstreeEntry> = dir.read_entries("pstree.img")?;
+    if let Some(root) = tree.first() {
+        let core: pb::CoreEntry = dir.read_one(&format!("core-{}.img", root.pid))?;
+        if let Some(set) = core.thread_core.and_then(|t| t.cg_set) {
+            return Ok(set);
+        }
+    }
+    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
+    Ok(inv.root_cg_set.unwrap_or(1))
 }
 
 /// The mount tree itself comes from the runtime (the bundle's config); what the config cannot
@@ -504,33 +527,6 @@ fn is_tmpfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
         .unwrap_or(false)
-}
-
-/// The engine's cgroup restore places tasks in the paths of the images; the runtime created the
-/// container in its config's paths. They must agree until a cgroup root remap exists.
-fn check_cgroup_paths(pid: i32, dir: &ImageDir) -> Result<(), ContainerError> {
-    let e: pb::CgroupEntry = dir.read_one(crate::cgroups::IMAGE)?;
-    let now = crate::cgroups::dump::task_cgroups(pid)?;
-    for set in &e.sets {
-        for c in &set.ctls {
-            let cur = now
-                .iter()
-                .find(|(n, _)| crate::cgroups::norm(n) == crate::cgroups::norm(&c.name));
-            if let Some((_, p)) = cur {
-                if p != &c.path {
-                    return Err(ContainerError::NotSupported {
-                        stage: "cgroups",
-                        what: format!(
-                            "restoring into cgroup {p} ({}) when the images were taken in {} \
-                             (cgroup root remap)",
-                            c.name, c.path
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
