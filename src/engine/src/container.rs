@@ -190,7 +190,11 @@ pub fn checkpoint(
     };
     let r = frozen_resources(opts, &dir, ids, freezer, log)
         .and_then(|()| Ok(crate::dump::dump(&dump_options(opts), log)?));
+    let t = Instant::now();
     let unlocked = lock.map(NetLock::unlock).transpose();
+    if let Ok(Some(())) = unlocked {
+        log.stage("network unlock", t, "lock table removed");
+    }
     match (r, unlocked) {
         (Ok(report), Ok(_)) => Ok(report),
         (Ok(_), Err(e)) => Err(e.into()),
@@ -316,12 +320,14 @@ pub struct RestoredResources {
 
 impl RestoredResources {
     /// The tree runs: lifts the network lock; created cgroups now belong to the container.
-    pub fn finish(mut self) -> Result<(), ContainerError> {
+    pub fn finish(mut self, log: &mut crate::restore::Log) -> Result<(), ContainerError> {
         self.cgroups.take();
-        match self.lock.take() {
-            Some(l) => Ok(l.unlock()?),
-            None => Ok(()),
+        if let Some(l) = self.lock.take() {
+            let t = Instant::now();
+            l.unlock()?;
+            log.stage("container network unlock", t);
         }
+        Ok(())
     }
 
     /// The restore failed and its tasks are gone: unlocks and removes created cgroups. Returns

@@ -65,7 +65,7 @@ impl CgroupRoots {
 }
 
 /// `/a//b/` -> `/a/b`; empty -> `/`.
-fn clean(path: &str) -> String {
+pub(super) fn clean(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_images::{pb, ImageDir};
 
-use super::remap::{remap, CgroupRoots, Remapped};
+use super::remap::{clean, remap, CgroupRoots, Remapped};
 use super::{hierarchies, norm, CgroupError, CgroupMode, Hierarchy, IMAGE};
 
 const STAGE: &str = "restore";
@@ -228,7 +228,16 @@ pub fn restore_cgroups_at(
             }
         }
         for (pid, set) in placements {
+            // A migration costs the kernel an RCU grace period on cgroup v1 (~10 ms here):
+            // a task the runtime already placed (the usual case after a root remap) stays put.
+            let now = super::dump::task_cgroups(*pid)?;
             for m in &sets[set].ctls {
+                let already = now
+                    .iter()
+                    .any(|(n, p)| norm(n) == norm(&m.name) && clean(p) == clean(&m.path));
+                if already {
+                    continue;
+                }
                 let Some(h) = find(&hs, &m.name) else {
                     if m.path == "/" {
                         // A named hierarchy absent here, with the task in its root: nothing to join.
