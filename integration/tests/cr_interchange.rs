@@ -283,6 +283,34 @@ fn cr_restore_remaps_cgroup_root_and_bind_sources() {
     assert_nothing_left(&env, &b, &id2);
 }
 
+/// A restore whose bundle no longer mounts what the images hold (here: a bind mount dropped
+/// from the config) is refused before anything runs, naming the mount, and leaves nothing.
+#[test]
+fn cr_restore_refuses_a_config_without_the_images_bind_mount() {
+    let env = TestEnv::new("crnobind");
+    let id = env.id("a");
+    let a = counter_bundle(&env, &id);
+    let src = env.dir.join("data");
+    std::fs::create_dir(&src).unwrap();
+    a.edit_config(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/data", "type": "bind",
+            "source": src.to_str().unwrap(), "options": ["rbind", "rw"]
+        }));
+    });
+    start_counter(&env, &a);
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &[]).ok();
+    let id2 = env.id("b");
+    let b = env.bundle(&id2, &["counter", "/count", TICK_MS]);
+    let o = restore(&env, &b, &id2, &img, &[]).failed();
+    assert!(
+        o.stderr.contains("/data") && o.stderr.contains("does not make"),
+        "the error names the missing mount:\n{o}"
+    );
+    assert_nothing_left(&env, &b, &id2);
+}
+
 /// Every image file of a ferry checkpoint decodes with Debian's crit (3.17), which also shows
 /// the container's tree; the container-level image kinds are those runc+CRIU 4.2 wrote for the
 /// same kind of container (fixture `runc-busybox`).

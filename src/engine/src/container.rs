@@ -395,6 +395,16 @@ fn restore_into(
     let pid = opts.pid;
     let t = Instant::now();
     if let Some(id) = ids
+        .mnt_ns_id
+        .filter(|id| dir.has(&crate::mounts::image_name(*id)))
+    {
+        // The runtime made the mount tree from the bundle's config: before anything is
+        // changed, every mount of the images must be there.
+        crate::mounts::check_tree_made(pid, dir, id)?;
+        log.stage("container mount tree check", t);
+    }
+    let t = Instant::now();
+    if let Some(id) = ids
         .net_ns_id
         .filter(|id| dir.has(&crate::net::image_names(*id)[0]))
     {
