@@ -8,8 +8,8 @@
 # Wall time is taken around each command (bash's EPOCHREALTIME: no fork in the measurement).
 # The engine's time comes from its logs, which ferry writes at CRIU's -v3 like runc has CRIU
 # write them (every line stamped with the time since the log was opened, at the engine's start):
-#   checkpoint: the last stamp of dump.log (network lock, freeze, namespaces, mounts, cgroups,
-#               tree dump, sync, kill);
+#   checkpoint: dump.log from the start of its first stage to its last stamp (network lock,
+#               freeze, namespaces, mounts, cgroups, tree dump, sync, kill, network unlock);
 #   restore:    the stages of restore-resources.log (links, hostname, IPC, tmpfs contents,
 #               cgroups, filled from outside before the tree; the network unlock after it) + the
 #               last stamp of restore.log (the in-place tree restore inside the container's init,
@@ -48,6 +48,17 @@ gcc -O2 -static -o "$work/bundle/rootfs/bin/memhog" "$MEMHOG_SRC"
 status=$work/bundle/rootfs/tmp/status
 
 us() { local t=${EPOCHREALTIME/./}; echo "${t#0}"; }
+# The engine's span in dump.log, in microseconds: from the start of its first stage (stamp
+# minus duration; the log is opened a little earlier, by the runtime) to its last stamp.
+dump_span_us() {
+    awk 'match($0, /^\([0-9]+\.[0-9]+\)/) {
+            s = substr($0, 2, RLENGTH - 2); split(s, p, "."); v = p[1] * 1000000 + p[2];
+            if (v > m) m = v
+            if (!first && match($0, /\(([0-9.]+) ms\)$/)) {
+                first = v - substr($0, RSTART + 1, RLENGTH - 5) * 1000 }
+         }
+         END { if (m == 0) exit 1; printf "%d\n", m - first }' "$1"
+}
 # The largest "(SS.uuuuuu)" stamp of a -v3 log, in microseconds.
 last_stamp_us() {
     awk 'match($0, /^\([0-9]+\.[0-9]+\)/) {
@@ -86,7 +97,7 @@ for i in $(seq "$N"); do
     "$FERRY" --root "$root" checkpoint --image-path "$img" --work-path "$ckw" "$id" \
         </dev/null >/dev/null 2>"$work/ck-$i.err" || { cat "$work/ck-$i.err" >&2; exit 1; }
     t1=$(us)
-    ck_wall+=($((t1 - t0))); ck_eng+=("$(last_stamp_us "$ckw/dump.log")")
+    ck_wall+=($((t1 - t0))); ck_eng+=("$(dump_span_us "$ckw/dump.log")")
     p=$(pass_of)
     t0=$(us)
     "$FERRY" --root "$root" restore -d --image-path "$img" --work-path "$rsw" \
