@@ -366,8 +366,9 @@ fn ferry_checkpoint_decodes_fully_with_crit() {
         );
         decoded.push(kind(f));
     }
-    // The kinds runc+CRIU wrote for the busybox container, minus the ones that are not about
-    // the container itself (seccomp without filters, timens of the host).
+    // Every kind of image runc+CRIU wrote for the busybox container (inventory, pstree, core,
+    // mm, pagemap, fs, ids, files, fdinfo, cgroup, mountpoints, utsns, ipcns-var, seccomp,
+    // timens) is among what ferry wrote and crit decoded.
     let mut want: Vec<String> = std::fs::read_dir(fixture().join("images"))
         .unwrap()
         .flatten()
