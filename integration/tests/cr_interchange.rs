@@ -109,11 +109,13 @@ fn counter_above(b: &Bundle, value: u64) -> u64 {
 
 /// Restores the fixture into `b` as `id`; checks it from outside and inside, then drives it
 /// through pause, resume, kill and delete. `want_cg` is the cgroup the config asks for.
-fn restore_fixture_and_drive(env: &TestEnv, b: &Bundle, id: &str, want_cg: &str) {
+fn restore_fixture_and_drive(env: &TestEnv, b: &Bundle, id: &str, want_cg: &str, extra: &[&str]) {
     let img = env.dir.join(format!("img-{id}"));
     copy_dir(&fixture().join("images"), &img);
     let work = env.dir.join(format!("work-{id}"));
-    restore(env, b, id, &img, &["--work-path", work.to_str().unwrap()]).ok();
+    let mut args = vec!["--work-path", work.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    restore(env, b, id, &img, &args).ok();
     let first = assert_counts_on_from_4(b);
 
     // Outside: the state names the init, which is the fixture's shell as PID 1 of its own pid
@@ -139,8 +141,17 @@ fn restore_fixture_and_drive(env: &TestEnv, b: &Bundle, id: &str, want_cg: &str)
     );
     let log = std::fs::read_to_string(work.join("restore-resources.log")).unwrap();
     assert!(
-        log.contains(&format!("\"pids\": /ferry-busybox -> {want_cg}")),
+        log.contains(&format!("\"pids\": /ferry-busybox -> {want_cg}\n")),
         "cgroup root remap logged:\n{log}"
+    );
+    // libcontainer leaves the init in the runtime's own cgroup2 and name=systemd cgroups:
+    // nothing of the images is written there, whatever the mode.
+    let own = cgroup_of(std::process::id() as i32, "name=systemd");
+    assert_eq!(cgroup_of(pid, "name=systemd"), own);
+    assert!(
+        log.contains("\"name=systemd\": /ferry-busybox -> ")
+            && log.contains("(the runtime's own, not restored)"),
+        "shared hierarchies logged:\n{log}"
     );
     let o = env.ferry(&["ps", id]).ok();
     assert!(
@@ -209,15 +220,23 @@ fn runc_criu_busybox_fixture_restores_in_the_configs_cgroups() {
     let id = env.id("fx");
     let cg = format!("/ferry-it-{id}");
     let b = fixture_bundle(&env, &id, Some(&cg));
-    restore_fixture_and_drive(&env, &b, &id, &cg);
+    restore_fixture_and_drive(&env, &b, &id, &cg, &[]);
 }
 
 #[test]
-fn runc_criu_busybox_fixture_restores_with_its_config_unchanged() {
+fn runc_criu_busybox_fixture_restores_with_its_config_unchanged_in_full_cgroup_mode() {
     let env = TestEnv::new("cricd");
     let id = env.id("fx");
     let b = fixture_bundle(&env, &id, None);
-    restore_fixture_and_drive(&env, &b, &id, &format!("/:youki:{id}"));
+    // Full mode writes the images' settings into the cgroups the runtime made for the
+    // container (the fixture's are the kernel's defaults) and never into the runtime's own.
+    restore_fixture_and_drive(
+        &env,
+        &b,
+        &id,
+        &format!("/:youki:{id}"),
+        &["--manage-cgroups-mode", "full"],
+    );
 }
 
 /// A ferry checkpoint restored under a new id into a second bundle whose cgroupsPath, pids

@@ -440,7 +440,7 @@ fn restore_into(
     if opts.cgroups != CgroupMode::Ignore && dir.has(crate::cgroups::IMAGE) {
         // runc's rule: the container's cgroups are the ones the runtime made from the new
         // config; the images' cgroups are moved there (CRIU's --cgroup-root).
-        let roots = crate::cgroups::CgroupRoots::of_task(pid)?;
+        let roots = crate::cgroups::CgroupRoots::of_container(pid, std::process::id() as i32)?;
         let set = root_cg_set(dir)?;
         let (st, moved) = crate::cgroups::restore_cgroups_at(
             dir,
@@ -450,9 +450,17 @@ fn restore_into(
         )?;
         done.cgroups = Some(st);
         for m in moved {
+            let how = if m.shared {
+                " (the runtime's own, not restored)"
+            } else {
+                ""
+            };
             log.line(
-                2,
-                &format!("cgroup root of {:?}: {} -> {}", m.hierarchy, m.from, m.to),
+                crate::log::INFO,
+                &format!(
+                    "cgroup root of {:?}: {} -> {}{how}",
+                    m.hierarchy, m.from, m.to
+                ),
             );
         }
         log.stage("container cgroups", t);

@@ -20,7 +20,16 @@ use super::{norm, CgroupError};
 /// New root cgroup per hierarchy, keyed by the normalised controller list (`cpu,cpuacct`,
 /// `name=systemd`, `` for cgroup2). Paths are absolute within their hierarchy (`/a/b`, `/`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CgroupRoots(BTreeMap<String, String>);
+pub struct CgroupRoots(BTreeMap<String, Root>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Root {
+    path: String,
+    /// The cgroup belongs to the runtime (a hierarchy it does not manage per container, where
+    /// the init stayed in the runtime's own cgroup): nothing of the images is created or
+    /// written there, whatever the mode, and every task of the images stays in it.
+    shared: bool,
+}
 
 /// One hierarchy whose root moved, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub struct Remapped {
     pub from: String,
     /// Where it goes.
     pub to: String,
+    /// Shared with the runtime: the images' cgroups of this hierarchy are not restored.
+    pub shared: bool,
 }
 
 impl CgroupRoots {
@@ -41,7 +52,21 @@ impl CgroupRoots {
 
     /// Adds (or replaces) the new root of hierarchy `controllers`.
     pub fn set(&mut self, controllers: &str, path: &str) {
-        self.0.insert(norm(controllers), clean(path));
+        let path = clean(path);
+        self.0.insert(
+            norm(controllers),
+            Root {
+                path,
+                shared: false,
+            },
+        );
+    }
+
+    /// Adds (or replaces) hierarchy `controllers` as shared with the runtime at `path`.
+    pub fn set_shared(&mut self, controllers: &str, path: &str) {
+        let path = clean(path);
+        self.0
+            .insert(norm(controllers), Root { path, shared: true });
     }
 
     /// The cgroups task `pid` is in now, one root per hierarchy: runc's choice of roots (it
@@ -54,13 +79,29 @@ impl CgroupRoots {
         Ok(r)
     }
 
+    /// [`Self::of_task`] for a container init `pid` made by runtime process `runtime`: where
+    /// the init is still in the runtime's own cgroup (libcontainer manages the v1 controllers,
+    /// not `name=systemd` nor the cgroup2 mount of a hybrid host) the hierarchy is shared.
+    pub fn of_container(pid: i32, runtime: i32) -> Result<Self, CgroupError> {
+        let own = Self::of_task(runtime)?;
+        let mut r = Self::default();
+        for (ctl, path) in super::dump::task_cgroups(pid)? {
+            if own.get(&ctl).is_some_and(|o| o.path == clean(&path)) {
+                r.set_shared(&ctl, &path);
+            } else {
+                r.set(&ctl, &path);
+            }
+        }
+        Ok(r)
+    }
+
     /// Whether no hierarchy has a new root.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    fn get(&self, hierarchy: &str) -> Option<&str> {
-        self.0.get(&norm(hierarchy)).map(String::as_str)
+    fn get(&self, hierarchy: &str) -> Option<&Root> {
+        self.0.get(&norm(hierarchy))
     }
 }
 
@@ -130,15 +171,37 @@ pub fn remap(
             continue;
         };
         let from = clean(&m.path);
-        if from != to {
+        if from != to.path || to.shared {
             moves.push(Remapped {
                 hierarchy: norm(&m.name),
                 from,
-                to: to.to_string(),
+                to: to.path.clone(),
+                shared: to.shared,
             });
         }
     }
-    for mv in &moves {
+    for mv in moves.iter().filter(|m| m.shared) {
+        // Every task stays in the runtime's cgroup; no directory of the images is made or
+        // written there (in full mode that would rewrite the runtime's own settings).
+        for m in entry
+            .sets
+            .iter_mut()
+            .flat_map(|s| s.ctls.iter_mut())
+            .filter(|m| norm(&m.name) == mv.hierarchy)
+        {
+            m.path = mv.to.clone();
+            m.cgns_prefix = None;
+        }
+        for c in entry
+            .controllers
+            .iter_mut()
+            .filter(|c| norm(&c.cnames.join(",")) == mv.hierarchy)
+        {
+            c.dirs.clear();
+        }
+    }
+    moves.retain(|m| m.shared || m.from != m.to);
+    for mv in moves.iter().filter(|m| !m.shared) {
         for s in &mut entry.sets {
             for m in s.ctls.iter_mut().filter(|m| norm(&m.name) == mv.hierarchy) {
                 let path = clean(&m.path);
@@ -278,6 +341,36 @@ mod tests {
         assert_eq!(e.sets[1].ctls[0].path, "/sub");
         assert_eq!(e.controllers[0].dirs[0].dir_name, "");
         assert_eq!(e.controllers[0].dirs[0].children[0].dir_name, "sub");
+    }
+
+    #[test]
+    fn a_hierarchy_shared_with_the_runtime_gets_nothing_of_the_images() {
+        let mut e = image();
+        let mut roots = CgroupRoots::none();
+        roots.set_shared("pids", "/user.slice/session-1.scope");
+        let moved = remap(&mut e, 2, &roots).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].shared);
+        assert_eq!(e.sets[0].ctls[0].path, "/user.slice/session-1.scope");
+        assert_eq!(e.sets[1].ctls[0].path, "/user.slice/session-1.scope");
+        assert!(
+            e.controllers[0].dirs.is_empty(),
+            "nothing to create or write"
+        );
+        // The same when the images were taken in that very cgroup.
+        let mut e = image();
+        let mut roots = CgroupRoots::none();
+        roots.set_shared("pids", "/ferry-busybox");
+        assert_eq!(remap(&mut e, 2, &roots).unwrap().len(), 1);
+        assert!(e.controllers[0].dirs.is_empty());
+    }
+
+    #[test]
+    fn of_container_marks_the_runtimes_own_cgroups_shared() {
+        let me = std::process::id() as i32;
+        let r = CgroupRoots::of_container(me, me).unwrap();
+        assert!(!r.is_empty());
+        assert!(r.0.values().all(|root| root.shared));
     }
 
     #[test]
