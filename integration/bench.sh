@@ -7,7 +7,9 @@
 # - engine: dump and restore throughput of memhog (../shared/bench/memhog.c) holding
 #   16/256/1024/4096 MiB, images in /dev/shm, with ratios to the machine's own splice and read
 #   bandwidth measured in the same run (cargo bench -p ferry-engine --bench dump|restore).
-# The container checkpoint/restore overhead benchmark (issue 7) does not exist yet: said below.
+# - container checkpoint/restore overhead: what `ferry checkpoint`/`ferry restore` add to the
+#   engine's own stages for a 16 MiB memhog container (integration/bench-cr-overhead.sh, release
+#   build of ferry, median of 9 rounds; goal <= 15 ms each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +52,6 @@ echo
 echo "engine: restore (cargo bench -p ferry-engine --bench restore)"
 cargo bench -p ferry-engine --bench restore
 echo
-echo "container checkpoint/restore overhead (issue 7): not implemented yet."
+echo "container checkpoint/restore overhead (cargo build --release -p ferry, integration/bench-cr-overhead.sh)"
+cargo build --release -p ferry --bins
+RIG="$RIG" integration/bench-cr-overhead.sh

@@ -190,7 +190,11 @@ pub fn checkpoint(
     };
     let r = frozen_resources(opts, &dir, ids, freezer, log)
         .and_then(|()| Ok(crate::dump::dump(&dump_options(opts), log)?));
+    let t = Instant::now();
     let unlocked = lock.map(NetLock::unlock).transpose();
+    if let Ok(Some(())) = unlocked {
+        log.stage("network unlock", t, "lock table removed");
+    }
     match (r, unlocked) {
         (Ok(report), Ok(_)) => Ok(report),
         (Ok(_), Err(e)) => Err(e.into()),
@@ -316,12 +320,14 @@ pub struct RestoredResources {
 
 impl RestoredResources {
     /// The tree runs: lifts the network lock; created cgroups now belong to the container.
-    pub fn finish(mut self) -> Result<(), ContainerError> {
+    pub fn finish(mut self, log: &mut crate::restore::Log) -> Result<(), ContainerError> {
         self.cgroups.take();
-        match self.lock.take() {
-            Some(l) => Ok(l.unlock()?),
-            None => Ok(()),
+        if let Some(l) = self.lock.take() {
+            let t = Instant::now();
+            l.unlock()?;
+            log.stage("container network unlock", t);
         }
+        Ok(())
     }
 
     /// The restore failed and its tasks are gone: unlocks and removes created cgroups. Returns
@@ -389,6 +395,16 @@ fn restore_into(
     let pid = opts.pid;
     let t = Instant::now();
     if let Some(id) = ids
+        .mnt_ns_id
+        .filter(|id| dir.has(&crate::mounts::image_name(*id)))
+    {
+        // The runtime made the mount tree from the bundle's config: before anything is
+        // changed, every mount of the images must be there.
+        crate::mounts::check_tree_made(pid, dir, id)?;
+        log.stage("container mount tree check", t);
+    }
+    let t = Instant::now();
+    if let Some(id) = ids
         .net_ns_id
         .filter(|id| dir.has(&crate::net::image_names(*id)[0]))
     {
@@ -422,17 +438,48 @@ fn restore_into(
     }
     let t = Instant::now();
     if opts.cgroups != CgroupMode::Ignore && dir.has(crate::cgroups::IMAGE) {
-        check_cgroup_paths(pid, dir)?;
-        let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
-        let set = inv.root_cg_set.unwrap_or(1);
-        done.cgroups = Some(crate::cgroups::restore_cgroups(
+        // runc's rule: the container's cgroups are the ones the runtime made from the new
+        // config; the images' cgroups are moved there (CRIU's --cgroup-root).
+        let roots = crate::cgroups::CgroupRoots::of_container(pid, std::process::id() as i32)?;
+        let set = root_cg_set(dir)?;
+        let (st, moved) = crate::cgroups::restore_cgroups_at(
             dir,
             opts.cgroups,
             &[(pid, set)],
-        )?);
+            Some((set, &roots)),
+        )?;
+        done.cgroups = Some(st);
+        for m in moved {
+            let how = if m.shared {
+                " (the runtime's own, not restored)"
+            } else {
+                ""
+            };
+            log.line(
+                crate::log::INFO,
+                &format!(
+                    "cgroup root of {:?}: {} -> {}{how}",
+                    m.hierarchy, m.from, m.to
+                ),
+            );
+        }
         log.stage("container cgroups", t);
     }
     Ok(())
+}
+
+/// The cg set of the tree's root task: its core's `cg_set` (CRIU's inventory `root_cg_set` is
+/// the set CRIU itself was in), else the inventory's (ferry writes both as 1).
+fn root_cg_set(dir: &ImageDir) -> Result<u32, ContainerError> {
+    let tree: Vec<pb::PstreeEntry> = dir.read_entries("pstree.img")?;
+    if let Some(root) = tree.first() {
+        let core: pb::CoreEntry = dir.read_one(&format!("core-{}.img", root.pid))?;
+        if let Some(set) = core.thread_core.and_then(|t| t.cg_set) {
+            return Ok(set);
+        }
+    }
+    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
+    Ok(inv.root_cg_set.unwrap_or(1))
 }
 
 /// The mount tree itself comes from the runtime (the bundle's config); what the config cannot
@@ -504,33 +551,6 @@ fn is_tmpfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
         .unwrap_or(false)
-}
-
-/// The engine's cgroup restore places tasks in the paths of the images; the runtime created the
-/// container in its config's paths. They must agree until a cgroup root remap exists.
-fn check_cgroup_paths(pid: i32, dir: &ImageDir) -> Result<(), ContainerError> {
-    let e: pb::CgroupEntry = dir.read_one(crate::cgroups::IMAGE)?;
-    let now = crate::cgroups::dump::task_cgroups(pid)?;
-    for set in &e.sets {
-        for c in &set.ctls {
-            let cur = now
-                .iter()
-                .find(|(n, _)| crate::cgroups::norm(n) == crate::cgroups::norm(&c.name));
-            if let Some((_, p)) = cur {
-                if p != &c.path {
-                    return Err(ContainerError::NotSupported {
-                        stage: "cgroups",
-                        what: format!(
-                            "restoring into cgroup {p} ({}) when the images were taken in {} \
-                             (cgroup root remap)",
-                            c.name, c.path
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,16 +15,19 @@
 //! * `ignore`: neither dump nor restore cgroups at all.
 //!
 //! Then every restored task is moved by writing its pid to `cgroup.procs` of each
-//! hierarchy. Hierarchies are found in ferry's own `/proc/self/mountinfo` (cgroup v1
+//! hierarchy. A restore into other cgroups than the dumped ones (new container id or config)
+//! first moves the image's root cgroups to the new ones (`remap`, CRIU's `--cgroup-root`). Hierarchies are found in ferry's own `/proc/self/mountinfo` (cgroup v1
 //! controllers plus cgroup2, here at /sys/fs/cgroup/unified).
 
 pub mod dump;
+pub mod remap;
 pub mod restore;
 
 use std::path::PathBuf;
 
 pub use dump::{dump_cgroups, CgroupDump};
-pub use restore::{restore_cgroups, CgroupRestore};
+pub use remap::{CgroupRoots, Remapped};
+pub use restore::{restore_cgroups, restore_cgroups_at, CgroupRestore};
 
 /// The image name.
 pub const IMAGE: &str = "cgroup.img";

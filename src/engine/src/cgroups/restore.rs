@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_images::{pb, ImageDir};
 
+use super::remap::{clean, remap, CgroupRoots, Remapped};
 use super::{hierarchies, norm, CgroupError, CgroupMode, Hierarchy, IMAGE};
 
 const STAGE: &str = "restore";
@@ -172,14 +173,29 @@ pub fn restore_cgroups(
     mode: CgroupMode,
     placements: &[(i32, u32)],
 ) -> Result<CgroupRestore, CgroupError> {
+    restore_cgroups_at(dir, mode, placements, None).map(|(st, _)| st)
+}
+
+/// [`restore_cgroups`] with the root task (cg set `root.0`) moved to new cgroups `root.1`
+/// (CRIU's `--cgroup-root`, see [`super::remap`]); returns what was moved too.
+pub fn restore_cgroups_at(
+    dir: &ImageDir,
+    mode: CgroupMode,
+    placements: &[(i32, u32)],
+    root: Option<(u32, &CgroupRoots)>,
+) -> Result<(CgroupRestore, Vec<Remapped>), CgroupError> {
     let mut st = CgroupRestore::default();
     if mode == CgroupMode::Ignore {
-        return Ok(st);
+        return Ok((st, Vec::new()));
     }
-    let e: pb::CgroupEntry = dir.read_one(IMAGE).map_err(|source| CgroupError::Image {
+    let mut e: pb::CgroupEntry = dir.read_one(IMAGE).map_err(|source| CgroupError::Image {
         stage: STAGE,
         source,
     })?;
+    let moved = match root {
+        Some((set, roots)) => remap(&mut e, set, roots)?,
+        None => Vec::new(),
+    };
     let sets: BTreeMap<u32, &pb::CgSetEntry> = e.sets.iter().map(|s| (s.id, s)).collect();
     for (pid, set) in placements {
         if !sets.contains_key(set) {
@@ -192,16 +208,36 @@ pub fn restore_cgroups(
     let r = (|| {
         for c in &e.controllers {
             let name = c.cnames.join(",");
-            let h = find(&hs, &name).ok_or_else(|| CgroupError::Unsupported {
-                stage: STAGE,
-                what: format!("hierarchy {name:?} from {IMAGE} is not mounted on this host"),
-            })?;
+            let Some(h) = find(&hs, &name) else {
+                if c.dirs
+                    .iter()
+                    .all(|d| d.dir_name.is_empty() && d.children.is_empty())
+                {
+                    // A hierarchy absent here that held the tasks in its root only (CRIU
+                    // images list such named hierarchies): nothing of the container is in it.
+                    tracing::warn!(hierarchy = %name, "cgroup restore: hierarchy not mounted on this host; only its root was saved, skipped");
+                    continue;
+                }
+                return Err(CgroupError::Unsupported {
+                    stage: STAGE,
+                    what: format!("hierarchy {name:?} from {IMAGE} is not mounted on this host"),
+                });
+            };
             for d in &c.dirs {
                 restore_dir(mode, &h.mountpoint, d, &mut st)?;
             }
         }
         for (pid, set) in placements {
+            // A migration costs the kernel an RCU grace period on cgroup v1 (~10 ms here):
+            // a task the runtime already placed (the usual case after a root remap) stays put.
+            let now = super::dump::task_cgroups(*pid)?;
             for m in &sets[set].ctls {
+                let already = now
+                    .iter()
+                    .any(|(n, p)| norm(n) == norm(&m.name) && clean(p) == clean(&m.path));
+                if already {
+                    continue;
+                }
                 let Some(h) = find(&hs, &m.name) else {
                     if m.path == "/" {
                         // A named hierarchy absent here, with the task in its root: nothing to join.
@@ -234,5 +270,5 @@ pub fn restore_cgroups(
         let _ = std::mem::take(&mut st).undo();
         return Err(err);
     }
-    Ok(st)
+    Ok((st, moved))
 }

@@ -28,7 +28,7 @@ pub mod tmpfs;
 
 pub use dump::{dump_mounts, MountDumpOpts};
 pub use info::MountInfo;
-pub use restore::{restore_mounts, MountRestore, MountRestoreOpts};
+pub use restore::{check_tree_made, restore_mounts, MountRestore, MountRestoreOpts};
 
 /// Name of the mount image of mount namespace `ns_id`.
 pub fn image_name(ns_id: u32) -> String {

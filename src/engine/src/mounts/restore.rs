@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_images::{pb, ImageDir};
 
-use super::{fstype_name, image_name, tmpfs, tmpfs_image_name, MountError};
+use super::{fstype_name, image_name, tmpfs, tmpfs_image_name, MountError, MountInfo};
 use crate::uts::enter::{in_namespaces, Ns};
 
 const STAGE: &str = "restore";
@@ -518,4 +518,75 @@ fn mount_one(
         libc::MS_REMOUNT | libc::MS_BIND | u64::from(e.flags),
         None,
     )
+}
+
+/// The mountpoints of `image` that `present` (the target's mountinfo) lacks, in image order.
+pub fn missing_mountpoints<'a>(image: &'a [pb::MntEntry], present: &[MountInfo]) -> Vec<&'a str> {
+    let have: std::collections::BTreeSet<&str> =
+        present.iter().map(|m| m.mountpoint.as_str()).collect();
+    image
+        .iter()
+        .map(|m| m.mountpoint.as_str())
+        .filter(|mp| !have.contains(mp))
+        .collect()
+}
+
+/// For a runtime that builds the mount tree itself from its config (`ferry restore`): checks
+/// that every mount of image `ns_id` is there in task `pid`'s namespace. A mount the config
+/// does not make (a bind mount dropped from the new config, a mount made inside the running
+/// container) would silently vanish from the restored container: it is an error naming it.
+pub fn check_tree_made(pid: i32, dir: &ImageDir, ns_id: u32) -> Result<(), MountError> {
+    let file = super::image_name(ns_id);
+    let image: Vec<pb::MntEntry> = dir
+        .read_entries(&file)
+        .map_err(|source| MountError::Image {
+            stage: "restore check",
+            file: file.clone(),
+            source,
+        })?;
+    let path = format!("/proc/{pid}/mountinfo");
+    let text = std::fs::read_to_string(&path).map_err(|source| MountError::Io {
+        stage: "restore check",
+        pid,
+        op: "read",
+        path: path.clone(),
+        source,
+    })?;
+    let present = super::info::parse(pid, &text)?;
+    let missing = missing_mountpoints(&image, &present);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(MountError::Unsupported {
+        stage: "restore check",
+        pid,
+        what: format!(
+            "{file} holds mount(s) at {} that the bundle's config does not make (mounts \
+             made inside a running container are not restored)",
+            missing.join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn entry(mp: &str) -> pb::MntEntry {
+        pb::MntEntry {
+            mountpoint: mp.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_only_the_mounts_the_runtime_did_not_make() {
+        let mi = "1 0 0:1 / / rw - ext4 /dev/vda rw\n\
+                  2 1 0:2 / /proc rw - proc proc rw\n\
+                  3 1 0:3 / /data\\040x rw - ext4 /dev/vda rw\n";
+        let present = crate::mounts::info::parse(1, mi).unwrap();
+        let image = [entry("/"), entry("/proc"), entry("/data x"), entry("/mnt")];
+        assert_eq!(missing_mountpoints(&image, &present), ["/mnt"]);
+        assert!(missing_mountpoints(&image[..3], &present).is_empty());
+    }
 }

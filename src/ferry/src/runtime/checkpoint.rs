@@ -106,7 +106,8 @@ fn checkpoint(
     };
     let log_path = paths.work.join("dump.log");
     let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
-    let mut log = ferry_engine::dump_log::DumpLog::new(Some(log_file), 2, false);
+    let mut log =
+        ferry_engine::dump_log::DumpLog::new(Some(log_file), ferry_engine::log::INFO, false);
 
     let manager = ctx
         .cgroup_manager(&container)

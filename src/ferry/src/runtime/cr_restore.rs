@@ -234,7 +234,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         log_fd: log_file.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         timeout: TASK_TIMEOUT,
-        log_level: 2,
+        log_level: ferry_engine::log::INFO,
     };
     let built = build(ctx, id, rb.path(), opts.no_pivot, exec);
     // The init holds its own copies now; ours must go so that EOF means the init is gone.
@@ -323,7 +323,7 @@ fn run_restore(
         .map_err(plain)?
         .as_raw();
     let res_log = paths.work.join("restore-resources.log");
-    let mut log = ferry_engine::restore::Log::new(Some(&res_log), 2)
+    let mut log = ferry_engine::restore::Log::new(Some(&res_log), ferry_engine::log::INFO)
         .map_err(CrError::io("create", &res_log))
         .map_err(plain)?;
     let ropts = ferry_engine::container::ResourceRestoreOptions {
@@ -368,7 +368,7 @@ fn run_restore(
         return Err(Box::new((e, Some(resources))));
     }
     resources
-        .finish()
+        .finish(&mut log)
         .map_err(|source| CrError::Resources {
             id: id.to_string(),
             source: Box::new(source),
