@@ -231,10 +231,10 @@ fn cr_attached_restore_waits_for_the_container_and_returns_its_code() {
     assert_nothing_left(&env, &b, &id);
 }
 
+/// The restore's helpers live outside the container (ferry finishes the restore from there):
+/// a non-reaping init like counter would keep any child of its as a zombie, which the next
+/// checkpoint would dump and restore again.
 #[test]
-#[ignore = "needs: an in-place restore whose finisher is not left a child of the restored PID 1 \
-            (a non-reaping init like counter keeps it as a zombie, which the next checkpoint \
-            dumps and restores again)"]
 fn cr_restore_leaves_exactly_the_checkpointed_processes() {
     let env = TestEnv::new("crexact");
     let id = env.id("c");
@@ -256,7 +256,57 @@ fn cr_restore_leaves_exactly_the_checkpointed_processes() {
             .collect();
         assert_eq!(pids.len(), 1, "round {round}: only the counter:\n{o}");
         assert!(pids[0].trim_start().starts_with("1 "), "{o}");
+        // From the host: the init has no child at all (the exec above is not its child).
+        let init = env.state(&id)["pid"].as_i64().unwrap();
+        let kids = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+        assert_eq!(
+            kids.trim(),
+            "",
+            "round {round}: children of the restored init"
+        );
+        // And the container's own /proc: no second procfs stacked on it for the restore.
+        let mi = std::fs::read_to_string(format!("/proc/{init}/mountinfo")).unwrap();
+        let procs = mi
+            .lines()
+            .filter(|l| l.split(" - ").next().and_then(|p| p.split(' ').nth(4)) == Some("/proc"))
+            .count();
+        assert_eq!(procs, 1, "round {round}: one /proc mount:\n{mi}");
     }
+}
+
+/// Errors the engine meets inside the container before it has a plan reach the caller with
+/// the engine's own message, and leave nothing behind.
+#[test]
+fn cr_restore_errors_inside_the_container_before_the_plan_leave_nothing() {
+    let env = TestEnv::new("crearly");
+    let id = env.id("c");
+    let b = counter_bundle(&env, &id);
+    start_counter(&env, &b);
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &[]).ok();
+    let stopped_at = settled_count(&b);
+
+    // A broken image directory whose damage only the engine's plan sees (the memory image).
+    let broken = env.dir.join("broken");
+    copy_dir(&img, &broken);
+    std::fs::write(broken.join("mm-1.img"), b"not an image").unwrap();
+    let o = restore(&env, &b, &id, &broken, &[]).failed();
+    assert!(o.stderr.contains("mm-1.img"), "names the image:\n{o}");
+    assert!(o.stderr.contains("read images"), "names the stage:\n{o}");
+    assert_nothing_left(&env, &b, &id);
+
+    // Images naming an exe the container's rootfs no longer has.
+    let exe = b.rootfs().join("bin/counter");
+    let moved = b.rootfs().join("bin/counter.moved");
+    std::fs::rename(&exe, &moved).unwrap();
+    let o = restore(&env, &b, &id, &img, &[]).failed();
+    std::fs::rename(&moved, &exe).unwrap();
+    assert!(o.stderr.contains("/bin/counter"), "names the exe:\n{o}");
+    assert_nothing_left(&env, &b, &id);
+
+    // Nothing was left in the way: the same images restore.
+    restore(&env, &b, &id, &img, &[]).ok();
+    assert_carries_on(&env, &b, &id, stopped_at);
 }
 
 #[test]
