@@ -1,7 +1,9 @@
 //! `ferry checkpoint` / `ferry restore` of the busybox counter container, end to end: the
 //! container is checkpointed and restored ten times in a row and counts on from where it
 //! stopped each time; `--leave-running` (running and paused); restore under a new id, after
-//! the original is deleted, from a copied image directory.
+//! the original is deleted, from a copied image directory; exactly the checkpointed processes
+//! afterwards; errors inside the container before the engine's plan; a TCP connection between
+//! two of its processes.
 
 mod cr_common;
 
@@ -375,4 +377,75 @@ fn cr_hostname_set_at_runtime_comes_back() {
     // The config says ferry-it; the image says what the container made of it.
     let o = env.ferry(&["exec", &id, "hostname"]).ok();
     assert_eq!(o.stdout.trim(), "changed-inside");
+}
+
+/// An established TCP connection between two processes of the container (busybox nc over its
+/// own loopback) survives `--tcp-established`: the in-place restore takes it out of repair mode
+/// (from a helper in the namespace, reaped before the tree runs) and the data flows on, in order.
+#[test]
+fn cr_tcp_connection_inside_the_container_flows_on_after_restore() {
+    let env = TestEnv::new("crtcp");
+    let id = env.id("c");
+    let script = "while [ ! -e /go ]; do sleep 0.05; done; \
+                  sleep 100000 | nc -l -p 5000 > /got & sleep 0.3; \
+                  i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | nc 127.0.0.1 5000";
+    let b = env.bundle(&id, &["sh", "-c", script]);
+    ferry_null(
+        &env,
+        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
+    )
+    .ok();
+    track_state_pid(&env, &id);
+    env.ferry(&[
+        "exec",
+        "--cap",
+        "CAP_NET_ADMIN",
+        &id,
+        "ip",
+        "link",
+        "set",
+        "lo",
+        "up",
+    ])
+    .ok();
+    std::fs::write(b.rootfs().join("go"), b"").unwrap();
+    let got = b.rootfs().join("got");
+    let lines = || {
+        std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    if !wait_until(T, || lines() >= 5) {
+        let o = env.ferry(&["exec", &id, "ps", "-o", "pid,comm,args"]);
+        let n = env.ferry(&["exec", &id, "netstat", "-tan"]);
+        panic!("no data over the connection:\n{o}\n{n}");
+    }
+    let children = |init: i64| {
+        std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+            .unwrap()
+            .split_whitespace()
+            .count()
+    };
+    let before = children(env.state(&id)["pid"].as_i64().unwrap());
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &["--tcp-established"]).ok();
+    let at = lines();
+    restore(&env, &b, &id, &img, &["--tcp-established"]).ok();
+    assert!(
+        wait_until(T, || lines() >= at + 10),
+        "the connection did not carry on (stopped at {at} lines)"
+    );
+    let text = std::fs::read_to_string(&got).unwrap();
+    let nums: Vec<u64> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    for (k, w) in nums.windows(2).enumerate() {
+        assert_eq!(w[1], w[0] + 1, "line {k}: the stream went on in order");
+    }
+    // The helper is gone, reaped before the tree ran: the init's children are the tree's.
+    let after = children(env.state(&id)["pid"].as_i64().unwrap());
+    assert_eq!(after, before, "the init's children (two pipelines)");
+    env.ferry(&["kill", &id, "KILL"]).ok();
+    env.wait_status(&id, "stopped", T);
+    env.ferry(&["delete", &id]).ok();
+    assert_nothing_left(&env, &b, &id);
 }
