@@ -130,6 +130,43 @@ fn pidns_in_place_failure_after_the_jump_takes_the_namespace_down() {
     assert_eq!(c, counters(&wait_reports_none(reports.path())));
 }
 
+#[test]
+fn pidns_in_place_runtime_death_takes_the_namespace_down() {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let guard = NsGuard(init);
+    wait_reports(reports.path(), &BTreeMap::new());
+    let imgs = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs.path());
+    drop(guard);
+    let _ = unshare.wait();
+    // The outside half dies while every task waits in the restorer (PID 1 too, past the point
+    // of no return): PTRACE_O_EXITKILL kills PID 1, and the kernel the namespace.
+    let out = harness(imgs.path(), &[("FERRY_TEST_OUTSIDE_DIES", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    // The dead harness's child comes to us (a subreaper): reap it.
+    let start = std::time::Instant::now();
+    let mut st = 0;
+    // SAFETY: waitpid with WNOHANG on our (adopted) child into a local.
+    while unsafe { libc::waitpid(host, &mut st, libc::WNOHANG) } != host {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the init {host} lives on without its runtime"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+        "killed by EXITKILL: {st:#x}"
+    );
+    let c = counters(&wait_reports_none(reports.path()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+}
+
 fn wait_reports_none(dir: &Path) -> BTreeMap<String, Report> {
     ROLES
         .iter()

@@ -87,13 +87,16 @@ fn main() {
         }
     };
     let timeout = Options::new(&dir).timeout;
+    // The init's host pid first, so that a test sees it even if this process dies.
+    print!("{child} ");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     match finish_in_place(child, ours, &outside, timeout, &mut log) {
         Ok(pids) => {
             let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-            println!("{child} ok {}", pids.join(" "));
+            println!("ok {}", pids.join(" "));
             std::process::exit(0)
         }
-        Err(e) => println!("{child} error: {e}"),
+        Err(e) => println!("error: {e}"),
     }
     let mut st = 0;
     // SAFETY: reaps our child (the failed init).

@@ -95,6 +95,12 @@ pub fn restore_in_place(
     r
 }
 
+/// Reports an error of the caller's own, before it could call [`restore_in_place`], to the
+/// outside half (which prints it as the init's report); the caller then exits.
+pub fn report_error(chan: &OwnedFd, msg: &str) {
+    send(chan, &format!("{MSG_ERROR}{msg}"), None);
+}
+
 /// Pids for the helpers of an in-place restore: the two lowest above 1 that no task or thread
 /// of the tree uses (the namespace is fresh, so nothing else holds them).
 pub fn helper_pids(tasks: &[TaskPlan]) -> [u32; 2] {

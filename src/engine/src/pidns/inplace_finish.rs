@@ -124,6 +124,12 @@ fn run(
     let t = Instant::now();
     wait_ready(init, &h.ctl, &tasks, limit)?;
     log.stage("every thread waits before rt_sigreturn (in place)", t);
+    // For the all-or-nothing tests (debug builds only): the runtime dies while the tree waits
+    // in the restorer; PTRACE_O_EXITKILL must take the namespace down.
+    if cfg!(debug_assertions) && std::env::var_os("FERRY_TEST_OUTSIDE_DIES").is_some() {
+        // SAFETY: _exit, as a crash of this process would end it.
+        unsafe { libc::_exit(3) }
+    }
     let t = Instant::now();
     let tids = super::restore::tids_below(init as u32).map_err(stage_err)?;
     let r = fin::Release {

@@ -91,8 +91,14 @@ impl Executor for RestoreExecutor {
         // closes it from here.
         let chan = unsafe { std::os::fd::OwnedFd::from_raw_fd(self.status_fd) };
         let log_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.log_fd));
-        let mut log = Log::new(Some(&log_path), self.log_level)
-            .map_err(|e| ExecutorError::Other(format!("restore.log: {e}")))?;
+        let mut log = match Log::new(Some(&log_path), self.log_level) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("restore.log in the container init: {e}");
+                ferry_engine::pidns::inplace::report_error(&chan, &msg);
+                return Err(ExecutorError::Other(msg));
+            }
+        };
         let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
         opts.timeout = self.timeout;
         match ferry_engine::pidns::inplace::restore_in_place(&opts, chan, &mut log) {
