@@ -1,7 +1,9 @@
 //! `ferry checkpoint` / `ferry restore` of the busybox counter container, end to end: the
 //! container is checkpointed and restored ten times in a row and counts on from where it
 //! stopped each time; `--leave-running` (running and paused); restore under a new id, after
-//! the original is deleted, from a copied image directory.
+//! the original is deleted, from a copied image directory; exactly the checkpointed processes
+//! afterwards; errors inside the container before the engine's plan; a TCP connection between
+//! two of its processes.
 
 mod cr_common;
 
@@ -231,10 +233,10 @@ fn cr_attached_restore_waits_for_the_container_and_returns_its_code() {
     assert_nothing_left(&env, &b, &id);
 }
 
+/// The restore's helpers live outside the container (ferry finishes the restore from there):
+/// a non-reaping init like counter would keep any child of its as a zombie, which the next
+/// checkpoint would dump and restore again.
 #[test]
-#[ignore = "needs: an in-place restore whose finisher is not left a child of the restored PID 1 \
-            (a non-reaping init like counter keeps it as a zombie, which the next checkpoint \
-            dumps and restores again)"]
 fn cr_restore_leaves_exactly_the_checkpointed_processes() {
     let env = TestEnv::new("crexact");
     let id = env.id("c");
@@ -256,7 +258,57 @@ fn cr_restore_leaves_exactly_the_checkpointed_processes() {
             .collect();
         assert_eq!(pids.len(), 1, "round {round}: only the counter:\n{o}");
         assert!(pids[0].trim_start().starts_with("1 "), "{o}");
+        // From the host: the init has no child at all (the exec above is not its child).
+        let init = env.state(&id)["pid"].as_i64().unwrap();
+        let kids = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+        assert_eq!(
+            kids.trim(),
+            "",
+            "round {round}: children of the restored init"
+        );
+        // And the container's own /proc: no second procfs stacked on it for the restore.
+        let mi = std::fs::read_to_string(format!("/proc/{init}/mountinfo")).unwrap();
+        let procs = mi
+            .lines()
+            .filter(|l| l.split(" - ").next().and_then(|p| p.split(' ').nth(4)) == Some("/proc"))
+            .count();
+        assert_eq!(procs, 1, "round {round}: one /proc mount:\n{mi}");
     }
+}
+
+/// Errors the engine meets inside the container before it has a plan reach the caller with
+/// the engine's own message, and leave nothing behind.
+#[test]
+fn cr_restore_errors_inside_the_container_before_the_plan_leave_nothing() {
+    let env = TestEnv::new("crearly");
+    let id = env.id("c");
+    let b = counter_bundle(&env, &id);
+    start_counter(&env, &b);
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &[]).ok();
+    let stopped_at = settled_count(&b);
+
+    // A broken image directory whose damage only the engine's plan sees (the memory image).
+    let broken = env.dir.join("broken");
+    copy_dir(&img, &broken);
+    std::fs::write(broken.join("mm-1.img"), b"not an image").unwrap();
+    let o = restore(&env, &b, &id, &broken, &[]).failed();
+    assert!(o.stderr.contains("mm-1.img"), "names the image:\n{o}");
+    assert!(o.stderr.contains("read images"), "names the stage:\n{o}");
+    assert_nothing_left(&env, &b, &id);
+
+    // Images naming an exe the container's rootfs no longer has.
+    let exe = b.rootfs().join("bin/counter");
+    let moved = b.rootfs().join("bin/counter.moved");
+    std::fs::rename(&exe, &moved).unwrap();
+    let o = restore(&env, &b, &id, &img, &[]).failed();
+    std::fs::rename(&moved, &exe).unwrap();
+    assert!(o.stderr.contains("/bin/counter"), "names the exe:\n{o}");
+    assert_nothing_left(&env, &b, &id);
+
+    // Nothing was left in the way: the same images restore.
+    restore(&env, &b, &id, &img, &[]).ok();
+    assert_carries_on(&env, &b, &id, stopped_at);
 }
 
 #[test]
@@ -325,4 +377,75 @@ fn cr_hostname_set_at_runtime_comes_back() {
     // The config says ferry-it; the image says what the container made of it.
     let o = env.ferry(&["exec", &id, "hostname"]).ok();
     assert_eq!(o.stdout.trim(), "changed-inside");
+}
+
+/// An established TCP connection between two processes of the container (busybox nc over its
+/// own loopback) survives `--tcp-established`: the in-place restore takes it out of repair mode
+/// (from a helper in the namespace, reaped before the tree runs) and the data flows on, in order.
+#[test]
+fn cr_tcp_connection_inside_the_container_flows_on_after_restore() {
+    let env = TestEnv::new("crtcp");
+    let id = env.id("c");
+    let script = "while [ ! -e /go ]; do sleep 0.05; done; \
+                  sleep 100000 | nc -l -p 5000 > /got & sleep 0.3; \
+                  i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | nc 127.0.0.1 5000";
+    let b = env.bundle(&id, &["sh", "-c", script]);
+    ferry_null(
+        &env,
+        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
+    )
+    .ok();
+    track_state_pid(&env, &id);
+    env.ferry(&[
+        "exec",
+        "--cap",
+        "CAP_NET_ADMIN",
+        &id,
+        "ip",
+        "link",
+        "set",
+        "lo",
+        "up",
+    ])
+    .ok();
+    std::fs::write(b.rootfs().join("go"), b"").unwrap();
+    let got = b.rootfs().join("got");
+    let lines = || {
+        std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    if !wait_until(T, || lines() >= 5) {
+        let o = env.ferry(&["exec", &id, "ps", "-o", "pid,comm,args"]);
+        let n = env.ferry(&["exec", &id, "netstat", "-tan"]);
+        panic!("no data over the connection:\n{o}\n{n}");
+    }
+    let children = |init: i64| {
+        std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+            .unwrap()
+            .split_whitespace()
+            .count()
+    };
+    let before = children(env.state(&id)["pid"].as_i64().unwrap());
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &["--tcp-established"]).ok();
+    let at = lines();
+    restore(&env, &b, &id, &img, &["--tcp-established"]).ok();
+    assert!(
+        wait_until(T, || lines() >= at + 10),
+        "the connection did not carry on (stopped at {at} lines)"
+    );
+    let text = std::fs::read_to_string(&got).unwrap();
+    let nums: Vec<u64> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    for (k, w) in nums.windows(2).enumerate() {
+        assert_eq!(w[1], w[0] + 1, "line {k}: the stream went on in order");
+    }
+    // The helper is gone, reaped before the tree ran: the init's children are the tree's.
+    let after = children(env.state(&id)["pid"].as_i64().unwrap());
+    assert_eq!(after, before, "the init's children (two pipelines)");
+    env.ferry(&["kill", &id, "KILL"]).ok();
+    env.wait_status(&id, "stopped", T);
+    env.ferry(&["delete", &id]).ok();
+    assert_nothing_left(&env, &b, &id);
 }

@@ -421,7 +421,9 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     let ctl = Ctl::map(at, tasks.len()).map_err(stage_err("reserve restore range"))?;
     // Checksumming every file (the pages above all) overlaps with forking and filling memory;
     // its verdict is awaited before any task is released into its own code.
-    let verifier = Verifier::spawn(dir.path())?;
+    // In a namespace being filled in place, the checker gets a pid the tree does not use.
+    let helper = (ns == NsMode::InPlace).then(|| crate::pidns::inplace::helper_pids(&tasks)[0]);
+    let verifier = Verifier::spawn(dir.path(), helper)?;
     log.line(
         crate::log::DEBUG,
         &format!("restore range {at:#x}-{:#x}", at + len),
@@ -521,28 +523,21 @@ pub(crate) fn release(plan: &Plan, limit: Duration, log: &mut Log) -> Result<(),
             msg: e.to_string(),
         })?;
     }
-    let host = |tid: u32| {
-        tids.get(&tid).copied().ok_or(RestoreError::Task {
-            pid: tid,
-            stage: "sigreturn",
-            msg: "thread not found in /proc under its task".into(),
-        })
-    };
     // Every mapping is in place: memfds take their seals back.
     crate::files::memfd::apply_seals(&plan.opened.memfd_seals).map_err(stage_err("memfd seals"))?;
     // Every task waits before rt_sigreturn: TCP connections leave repair mode now, before any
     // task runs its own code (files::inet::restore).
     crate::files::inet::restore::leave_repair(&plan.opened.inet)
         .map_err(stage_err("leave TCP repair"))?;
-    finish(plan, &host, limit)?;
-    for t in plan.tasks.iter().filter(|t| t.alive) {
-        fin::apply_sched(t, &host, log);
-        if t.state == state::STOPPED {
-            // SAFETY: kill by pid of a task we just restored.
-            unsafe { libc::kill(host(t.entry.pid)? as i32, libc::SIGSTOP) };
-        }
-    }
-    Ok(())
+    let to = fin::Release {
+        tasks: &plan.tasks,
+        ctl: &plan.ctl,
+        range: plan.range,
+        priv_base: plan.priv_base(),
+        limit,
+    };
+    let host = fin::host_of(&tids);
+    fin::let_go(&to, &host, &[], log)
 }
 
 /// Polls the stage slots until every thread of every live task waits before rt_sigreturn.
@@ -609,53 +604,6 @@ fn gone_or_zombie(pid: u32) -> bool {
             .and_then(|i| s[i + 1..].trim_start().chars().next())
             .is_some_and(|c| c == 'Z' || c == 'X'),
     }
-}
-
-fn finish(
-    plan: &Plan,
-    host: &dyn Fn(u32) -> Result<u32, RestoreError>,
-    limit: Duration,
-) -> Result<(), RestoreError> {
-    let ferr = |pid: u32| {
-        move |e: fin::FinishError| RestoreError::Task {
-            pid,
-            stage: "sigreturn",
-            msg: e.to_string(),
-        }
-    };
-    let live: Vec<(usize, &TaskPlan)> = plan
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.alive)
-        .collect();
-    for (_, t) in &live {
-        for (tid, _) in &t.cores {
-            fin::seize(host(*tid)?).map_err(ferr(t.entry.pid))?;
-        }
-    }
-    let insn = plan.priv_base() + restorer::RESTORER_SYSCALL_OFFSET as u64;
-    for (i, t) in &live {
-        let pid = host(t.entry.pid)?;
-        plan.ctl.release(*i);
-        let mut held = Vec::new();
-        for (tid, _) in &t.cores {
-            let tid = host(*tid)?;
-            let h = fin::to_sigreturn_exit(tid, limit).map_err(ferr(t.entry.pid))?;
-            held.push((tid, h));
-        }
-        let h =
-            fin::unmap_restorer(pid, insn, plan.range.start, plan.range.len).map_err(ferr(pid))?;
-        held[0].1.extend(h);
-        for (tid, sigs) in held {
-            fin::detach(tid, sigs.first().copied().unwrap_or(0)).map_err(ferr(pid))?;
-            for &s in sigs.iter().skip(1) {
-                // SAFETY: tgkill to a thread of a task we restored.
-                unsafe { libc::syscall(libc::SYS_tgkill, pid as i64, tid as i64, s as i64) };
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Kills every task forked so far and reaps them; the first error stays the one reported.

@@ -8,12 +8,20 @@
 //! runs `munmap(restore range)` from the blob's `syscall; int3` pair — the stop at that syscall's
 //! exit comes before the return to user space, so the unmapped code never runs — writes the
 //! task's registers back and detaches. Signals that arrive meanwhile are held and re-sent on detach.
+//!
+//! [`let_go`] is that stage for a whole tree; the coordinator of a plain restore and the outside
+//! half of an in-place restore (`pidns::inplace_finish`) both run it, each with its own map from
+//! the images' tids to the tids its /proc shows.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ferry_blob_abi::restorer::Range;
 use thiserror::Error;
 
-use crate::restore::{Log, TaskPlan};
+use crate::pstree::restore::state;
+use crate::restore::{Log, RestoreError, TaskPlan};
+use crate::stage::Ctl;
 
 /// Errors of the final stage.
 #[derive(Debug, Error)]
@@ -87,6 +95,15 @@ pub fn seize(tid: u32) -> Result<(), FinishError> {
             libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0),
         )?;
     }
+    wait_stop(tid).map(|_| ())
+}
+
+/// Stops a thread this process already traces (seized earlier with the same options).
+pub fn interrupt(tid: u32) -> Result<(), FinishError> {
+    // SAFETY: ptrace request on our own tracee; no memory arguments.
+    pt("PTRACE_INTERRUPT", tid, unsafe {
+        libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0)
+    })?;
     wait_stop(tid).map(|_| ())
 }
 
@@ -271,4 +288,91 @@ pub fn apply_sched(
             log.warn(&format!("{p}: {e}"));
         }
     }
+}
+
+/// What [`let_go`] needs of a restore whose every live thread waits before rt_sigreturn.
+pub struct Release<'a> {
+    /// The tasks, in pstree order (slot `i` is task `i`).
+    pub tasks: &'a [TaskPlan],
+    /// The stage area (the coordinator's own or an attached view of it).
+    pub ctl: &'a Ctl,
+    /// The restore range, unmapped from every task at the end.
+    pub range: Range,
+    /// Where every task's private part (the blob first) starts.
+    pub priv_base: u64,
+    /// Deadline per thread to reach the exit of its rt_sigreturn.
+    pub limit: Duration,
+}
+
+/// The images' tid -> the tid /proc shows, from a map.
+pub fn host_of(tids: &HashMap<u32, u32>) -> impl Fn(u32) -> Result<u32, RestoreError> + '_ {
+    |tid: u32| {
+        tids.get(&tid).copied().ok_or(RestoreError::Task {
+            pid: tid,
+            stage: "sigreturn",
+            msg: "thread not found in /proc under its task".into(),
+        })
+    }
+}
+
+/// Seizes every live thread (those in `seized` are already traced by this thread and only
+/// interrupted), lets each task through rt_sigreturn, unmaps the restore range from it and
+/// detaches; then sets sched state and job-control stops from outside.
+pub fn let_go(
+    r: &Release<'_>,
+    host: &dyn Fn(u32) -> Result<u32, RestoreError>,
+    seized: &[u32],
+    log: &mut Log,
+) -> Result<(), RestoreError> {
+    let ferr = |pid: u32| {
+        move |e: FinishError| RestoreError::Task {
+            pid,
+            stage: "sigreturn",
+            msg: e.to_string(),
+        }
+    };
+    let live: Vec<(usize, &TaskPlan)> = r
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.alive)
+        .collect();
+    for (_, t) in &live {
+        for (tid, _) in &t.cores {
+            let h = host(*tid)?;
+            if seized.contains(&h) {
+                interrupt(h).map_err(ferr(t.entry.pid))?;
+            } else {
+                seize(h).map_err(ferr(t.entry.pid))?;
+            }
+        }
+    }
+    let insn = r.priv_base + crate::restorer::RESTORER_SYSCALL_OFFSET as u64;
+    for (i, t) in &live {
+        let pid = host(t.entry.pid)?;
+        r.ctl.release(*i);
+        let mut held = Vec::new();
+        for (tid, _) in &t.cores {
+            let tid = host(*tid)?;
+            let h = to_sigreturn_exit(tid, r.limit).map_err(ferr(t.entry.pid))?;
+            held.push((tid, h));
+        }
+        let h = unmap_restorer(pid, insn, r.range.start, r.range.len).map_err(ferr(pid))?;
+        held[0].1.extend(h);
+        for (tid, sigs) in held {
+            detach(tid, sigs.first().copied().unwrap_or(0)).map_err(ferr(pid))?;
+            for &s in sigs.iter().skip(1) {
+                // SAFETY: tgkill to a thread of a task we restored.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid as i64, tid as i64, s as i64) };
+            }
+        }
+    }
+    for t in r.tasks.iter().filter(|t| t.alive) {
+        apply_sched(t, host, log);
+        if t.state == state::STOPPED {
+            // SAFETY: kill by pid of a task we just restored.
+            unsafe { libc::kill(host(t.entry.pid)? as i32, libc::SIGSTOP) };
+        }
+    }
+    Ok(())
 }

@@ -24,16 +24,21 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Forks the helper on `dir`.
-    pub fn spawn(dir: &Path) -> Result<Self, RestoreError> {
+    /// Forks the helper on `dir`, with pid `pid` (clone3 set_tid) when given: inside a pid
+    /// namespace the tree is restored into, a plain fork() could take one of the tree's pids.
+    pub fn spawn(dir: &Path, pid: Option<u32>) -> Result<Self, RestoreError> {
         let mut p = [0; 2];
         // SAFETY: pipe2 writes two fds into a valid array.
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return Err(stage_err(std::io::Error::last_os_error()));
         }
-        // SAFETY: the coordinator is single-threaded, so the child's copy of every lock is
-        // consistent; the child only checksums files, writes a verdict and _exits.
-        let pid = unsafe { libc::fork() };
+        let pid = match pid {
+            Some(want) => crate::pstree::restore::fork_with_pid(want, std::time::Duration::ZERO)
+                .map_err(stage_err)? as i32,
+            // SAFETY: the coordinator is single-threaded, so the child's copy of every lock is
+            // consistent; the child only checksums files, writes a verdict and _exits.
+            None => unsafe { libc::fork() },
+        };
         if pid < 0 {
             return Err(stage_err(std::io::Error::last_os_error()));
         }

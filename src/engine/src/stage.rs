@@ -1,13 +1,17 @@
 //! Stage synchronisation between the restore coordinator and the tasks it forks, in the spirit
 //! of CRIU's CR_STATE_* stages.
 //!
-//! The coordinator maps one `MAP_SHARED | MAP_ANONYMOUS` area before forking; every task inherits
+//! The coordinator maps one shared area (a memfd, `MAP_SHARED`) before forking; every task inherits
 //! it at the same address (it lies inside the restore range the restorer keeps), and each task
 //! owns one [`Slot`]: its stage, a ready counter its restorer threads bump before `rt_sigreturn`,
 //! a go word they wait on (futex), and the first error, as a code from the blob or a text from
 //! the task's Rust half. The coordinator polls the slots with a deadline and watches for tasks
 //! that die, so any failure or hang becomes a clean abort naming the task and the stage.
+//! A process that did not fork the tree (the outside half of an in-place restore) maps the same
+//! memfd anywhere ([`Ctl::attach`]): futexes on a shared file mapping are keyed by the file and
+//! offset, so its wake-ups reach the tasks' waits.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use thiserror::Error;
 
@@ -79,6 +83,10 @@ pub enum StageError {
 pub struct Ctl {
     base: *mut Slot,
     n: usize,
+    fd: OwnedFd,
+    /// Mapped by [`Ctl::attach`] (unmapped on drop); the coordinator's own mapping lives as
+    /// long as the restore range it sits in.
+    attached: bool,
 }
 
 impl Ctl {
@@ -87,9 +95,22 @@ impl Ctl {
         (n * SLOT_SIZE).div_ceil(4096) * 4096
     }
 
-    /// Maps the area at `addr` (inside the reserved restore range, replacing it).
+    /// Maps the area at `addr` (inside the reserved restore range, replacing it), backed by a
+    /// new memfd.
     pub fn map(addr: u64, n: usize) -> Result<Self, StageError> {
         let len = Self::size_for(n);
+        let err = |source| StageError::Map { addr, len, source };
+        // SAFETY: memfd_create with a static NUL-terminated name; the result is a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"ferry-restore-stages".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: the fd was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
         // SAFETY: MAP_FIXED over the range the coordinator reserved for exactly this; no Rust
         // object lives there.
         let p = unsafe {
@@ -97,14 +118,57 @@ impl Ctl {
                 addr as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            base: p as *mut Slot,
+            n,
+            fd,
+            attached: false,
+        })
+    }
+
+    /// Maps the area of `n` slots held by `fd` (the memfd of [`Ctl::fd`], received from the
+    /// coordinator) at any address.
+    pub fn attach(fd: OwnedFd, n: usize) -> Result<Self, StageError> {
+        let len = Self::size_for(n);
+        // SAFETY: fstat into a local.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one stat into `st`.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 || (st.st_size as usize) < len {
+            return Err(StageError::Map {
+                addr: 0,
+                len,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the stage memfd holds {} bytes, {n} slots need {len}",
+                        st.st_size
+                    ),
+                ),
+            });
+        }
+        // SAFETY: a new shared mapping of the memfd where the kernel chooses; nothing of ours
+        // is replaced.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
                 0,
             )
         };
         if p == libc::MAP_FAILED {
             return Err(StageError::Map {
-                addr,
+                addr: 0,
                 len,
                 source: std::io::Error::last_os_error(),
             });
@@ -112,7 +176,24 @@ impl Ctl {
         Ok(Self {
             base: p as *mut Slot,
             n,
+            fd,
+            attached: true,
         })
+    }
+
+    /// The memfd behind the area (for [`Ctl::attach`] in another process).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the area has no slot.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
     }
 
     /// Slot `i`.
@@ -185,6 +266,16 @@ impl Ctl {
                 i32::MAX,
                 0usize,
             );
+        }
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        if self.attached {
+            // SAFETY: unmaps the mapping attach() made; the borrow checker ends every &Slot
+            // handed out before the Ctl is dropped.
+            unsafe { libc::munmap(self.base.cast(), Self::size_for(self.n)) };
         }
     }
 }

@@ -1,8 +1,11 @@
 //! In-place restore (`pidns::inplace::restore_in_place`), the container runtime's path: a
 //! harness plays the runtime's init (unshare(CLONE_NEWPID | CLONE_NEWNS), fork, /proc
-//! remounted) and calls the entry point as PID 1 of the fresh namespace. Twice in a row, each
-//! time checked from the inside; and a failure before the point of no return comes back as an
-//! error with nothing left running.
+//! remounted) and calls the entry point as PID 1 of the fresh namespace, while the harness
+//! itself, outside the namespace, runs the outside half. Twice in a row, each time checked from
+//! the inside, with exactly the tree's processes in the namespace (no helper left behind); a
+//! failure before the point of no return, and errors before the plan exists (a broken image
+//! directory, an exe that is not there), come back with the engine's message and nothing left
+//! running.
 
 mod pidns_common;
 
@@ -55,6 +58,10 @@ fn pidns_in_place_restore_twice() {
         assert_eq!(pids.len(), 4, "{stdout}");
         assert_eq!(pids[0], "1");
         assert_eq!(ns_pid(host), 1);
+        // Exactly the checkpointed processes: PID 1 and its three descendants, no helper (and
+        // no zombie of one) among them.
+        let below = processes_below(host);
+        assert_eq!(below.len(), 4, "round {round}: {below:?}");
         let now = wait_reports(reports.path(), &counters(&last));
         assert_same(&before, &now);
         last = now;
@@ -96,9 +103,155 @@ fn pidns_in_place_failure_is_reported_before_the_jump() {
     assert_eq!(c, counters(&wait_reports_none(reports.path())));
 }
 
+#[test]
+fn pidns_in_place_failure_after_the_jump_takes_the_namespace_down() {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let guard = NsGuard(init);
+    wait_reports(reports.path(), &BTreeMap::new());
+    let imgs = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs.path());
+    drop(guard);
+    let _ = unshare.wait();
+    // PID 1's own restorer fails after it has unmapped PID 1's old memory: past the point of
+    // no return, so the outside half reports and the namespace goes down with its init.
+    let out = harness(imgs.path(), &[("FERRY_TEST_FAIL_RESTORER", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("error: ") && stdout.contains("restorer failed"),
+        "{stdout}"
+    );
+    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(!Path::new(&format!("/proc/{host}")).exists(), "{stdout}");
+    let c = counters(&wait_reports_none(reports.path()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+}
+
+#[test]
+fn pidns_in_place_runtime_death_takes_the_namespace_down() {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let guard = NsGuard(init);
+    wait_reports(reports.path(), &BTreeMap::new());
+    let imgs = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs.path());
+    drop(guard);
+    let _ = unshare.wait();
+    // The outside half dies while every task waits in the restorer (PID 1 too, past the point
+    // of no return): PTRACE_O_EXITKILL kills PID 1, and the kernel the namespace.
+    let out = harness(imgs.path(), &[("FERRY_TEST_OUTSIDE_DIES", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    // The dead harness's child comes to us (a subreaper): reap it.
+    let start = std::time::Instant::now();
+    let mut st = 0;
+    // SAFETY: waitpid with WNOHANG on our (adopted) child into a local.
+    while unsafe { libc::waitpid(host, &mut st, libc::WNOHANG) } != host {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the init {host} lives on without its runtime"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+        "killed by EXITKILL: {st:#x}"
+    );
+    let c = counters(&wait_reports_none(reports.path()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+}
+
 fn wait_reports_none(dir: &Path) -> BTreeMap<String, Report> {
     ROLES
         .iter()
         .filter_map(|r| Some((r.to_string(), read_report(dir, r)?)))
         .collect()
+}
+
+/// Host pids of `init` and all its descendants, with their state letter.
+fn processes_below(init: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    let mut todo = vec![init];
+    while let Some(p) = todo.pop() {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let st = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.trim_start().chars().next())
+            .unwrap_or('?');
+        out.push((p, st));
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// An error before the plan exists reaches the outside with the engine's own message; the init
+/// exits with it and nothing else ever ran in the namespace.
+#[track_caller]
+fn assert_early_error(dir: &Path, want: &str) {
+    let out = harness(dir, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("error: ") && stdout.contains(want),
+        "{stdout}"
+    );
+    assert!(stdout.contains("init exited with 1"), "{stdout}");
+    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(!Path::new(&format!("/proc/{host}")).exists(), "{stdout}");
+}
+
+#[test]
+fn pidns_in_place_errors_before_the_plan_are_reported() {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let guard = NsGuard(init);
+    wait_reports(reports.path(), &BTreeMap::new());
+    let imgs = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs.path());
+    drop(guard);
+    let _ = unshare.wait();
+
+    // A broken image directory: the tree image is not a protobuf stream of pstree entries.
+    let broken = tempfile::tempdir().unwrap();
+    copy_images(imgs.path(), broken.path());
+    std::fs::write(broken.path().join("pstree.img"), b"not an image").unwrap();
+    assert_early_error(broken.path(), "pstree.img");
+
+    // Images naming an exe that is not there (renamed in a copy of the workload).
+    let exe_dir = tempfile::tempdir().unwrap();
+    let exe = exe_dir.path().join("pidns_tree");
+    std::fs::copy(workload(), &exe).unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start_exe(&exe, reports.path());
+    let guard = NsGuard(init);
+    wait_reports(reports.path(), &BTreeMap::new());
+    let imgs2 = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs2.path());
+    drop(guard);
+    let _ = unshare.wait();
+    std::fs::remove_file(&exe).unwrap();
+    assert_early_error(imgs2.path(), "pidns_tree");
+}
+
+fn copy_images(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }

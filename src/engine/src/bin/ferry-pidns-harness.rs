@@ -2,10 +2,12 @@
 //!
 //! `ferry-pidns-harness [--root DIR] [--coordinator] IMAGES_DIR`
 //!
-//! Default (in-place, `pidns::inplace`): unshares a pid and a mount namespace, forks (the child
-//! is PID 1 there), mounts /proc for the new namespace, optionally chroots into DIR, and calls
-//! `restore_in_place` in the child; the parent prints the child's host pid and the status line
-//! the restore writes, then exits (0 on "ok").
+//! Default (in-place, `pidns::inplace`): unshares a pid namespace and forks; the child is PID 1
+//! there, unshares a mount namespace, mounts /proc for the new pid namespace, optionally chroots
+//! into DIR, and calls `restore_in_place`; the parent, outside the namespace as a container
+//! runtime is, runs the outside half (`inplace_finish::finish_in_place`) and prints the child's
+//! host pid and `ok <ns pids...>` or `error: <message>` (then how the child ended), and exits
+//! (0 on "ok").
 //!
 //! `--coordinator`: a plain `criu restore` (ferry on the host making the new pid namespace),
 //! run in a private mount namespace chrooted into DIR, for images whose paths are a rootfs's;
@@ -13,10 +15,10 @@
 //!
 //! IMAGES_DIR is a path inside DIR when `--root` is given.
 
-use std::io::Read as _;
-use std::os::fd::FromRawFd as _;
+use std::os::fd::OwnedFd;
 
 use ferry_engine::pidns::inplace::restore_in_place;
+use ferry_engine::pidns::inplace_finish::finish_in_place;
 use ferry_engine::restore::{self, Log, Options};
 
 fn fail(what: &str) -> ! {
@@ -46,14 +48,16 @@ fn main() {
     if coordinator {
         as_coordinator(root.as_deref(), &dir);
     }
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into a valid array.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        fail("pipe2");
-    }
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap_or_else(|_| fail("socketpair"));
     // SAFETY: unshare with flags only; this process is single-threaded.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) } != 0 {
-        fail("unshare(CLONE_NEWPID | CLONE_NEWNS)");
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        fail("unshare(CLONE_NEWPID)");
     }
     // SAFETY: fork in a single-threaded process.
     let child = unsafe { libc::fork() };
@@ -61,17 +65,38 @@ fn main() {
         fail("fork");
     }
     if child == 0 {
-        init(root.as_deref(), &dir, p[1]);
+        drop(ours);
+        init(root.as_deref(), &dir, theirs);
     }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(p[1]) };
-    // SAFETY: the read end is ours.
-    let mut rd = unsafe { std::fs::File::from_raw_fd(p[0]) };
-    let mut line = String::new();
-    let _ = rd.read_to_string(&mut line);
-    println!("{child} {}", line.trim_end());
-    if line.starts_with("ok") {
-        std::process::exit(0);
+    drop(theirs);
+    // The outside half sees the images where this process sees them.
+    let outside = match &root {
+        Some(r) => std::path::Path::new(r).join(dir.trim_start_matches('/')),
+        None => std::path::PathBuf::from(&dir),
+    };
+    let log_path = outside.join("restore.log");
+    let mut log = match std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_path)
+    {
+        Ok(f) => Log::to(ferry_engine::log::Sink::File(f), 4),
+        Err(e) => {
+            eprintln!("ferry-pidns-harness: {}: {e}", log_path.display());
+            std::process::exit(1)
+        }
+    };
+    let timeout = Options::new(&dir).timeout;
+    // The init's host pid first, so that a test sees it even if this process dies.
+    print!("{child} ");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    match finish_in_place(child, ours, &outside, timeout, &mut log) {
+        Ok(pids) => {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            println!("ok {}", pids.join(" "));
+            std::process::exit(0)
+        }
+        Err(e) => println!("error: {e}"),
     }
     let mut st = 0;
     // SAFETY: reaps our child (the failed init).
@@ -137,17 +162,20 @@ fn open_log(dir: &str) -> Log {
     }
 }
 
-/// PID 1 of the new namespace: its own /proc (and root), then the restore.
-fn init(root: Option<&str>, dir: &str, status: i32) -> ! {
+/// PID 1 of the new namespace: its own mounts, /proc (and root), then the restore.
+fn init(root: Option<&str>, dir: &str, chan: OwnedFd) -> ! {
+    // SAFETY: unshare with flags only; this process is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        fail("unshare(CLONE_NEWNS)");
+    }
     enter_root(root);
     let mut log = open_log(dir);
     let opts = Options::new(dir);
-    match restore_in_place(&opts, Some(status), &mut log) {
+    match restore_in_place(&opts, chan, &mut log) {
         Ok(never) => match never {},
-        Err(e) => {
-            eprintln!("ferry-pidns-harness: in-place restore failed: {e}");
-            std::process::exit(1)
-        }
+        // The outside half reports it; our fds may already be the tree's, so say nothing.
+        // SAFETY: _exit without flushing anything into fds that may be the tree's.
+        Err(_) => unsafe { libc::_exit(1) },
     }
 }
 

@@ -253,6 +253,11 @@ pub fn check_flag(dir: &ImageDir, tcp_established: bool) -> Result<()> {
 }
 
 impl Sockets {
+    /// Whether any restored connection waits in repair mode for [`leave_repair`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The socket of files.img id `id` (a copy: the coordinator keeps its own for
     /// [`leave_repair`]); builds every inet socket on first use.
     pub fn open(&mut self, dir: &ImageDir, id: u32) -> Result<OwnedFd> {

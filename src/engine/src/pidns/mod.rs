@@ -9,10 +9,11 @@
 //! PID 1; every later `clone3(set_tid)` made inside the namespace names the pid in that
 //! namespace (`set_tid[0]` is the innermost level), so the tree gets its pids back. The in-place
 //! mode ([`inplace`]) runs in a process that already is PID 1 of a fresh namespace, the way a
-//! container runtime's init is.
+//! container runtime's init is, and is finished from outside the namespace ([`inplace_finish`]).
 
 pub mod dump;
 pub mod inplace;
+pub mod inplace_finish;
 pub mod restore;
 
 use thiserror::Error;

@@ -108,6 +108,36 @@ pub fn host_tids(pid: u32, out: &mut HashMap<u32, u32>) -> Result<(), PidNsError
     Ok(())
 }
 
+/// Image (namespace) tid -> /proc tid for every thread of the process /proc shows as `init`
+/// and of all its descendants: how a process outside the namespace finds a tree restored in
+/// place (its init's /proc pid is all it knows).
+pub fn tids_below(init: u32) -> Result<HashMap<u32, u32>, PidNsError> {
+    let mut out = HashMap::new();
+    let mut todo = vec![init];
+    while let Some(pid) = todo.pop() {
+        host_tids(pid, &mut out)?;
+        let dir = format!("/proc/{pid}/task");
+        let rd = std::fs::read_dir(&dir).map_err(|source| PidNsError::Proc {
+            pid: pid as i32,
+            path: dir.clone(),
+            source,
+        })?;
+        for e in rd.flatten() {
+            let path = e.path().join("children");
+            let kids = std::fs::read_to_string(&path).map_err(|source| PidNsError::Proc {
+                pid: pid as i32,
+                path: path.display().to_string(),
+                source,
+            })?;
+            todo.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<u32>().ok()),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Which namespace the tree of images whose root is `root_pid` goes to: a root with pid 1 was
 /// the init of its own pid namespace; `in_place` asks for the caller's namespace.
 pub fn mode(root_pid: u32, in_place: bool) -> Result<NsMode, PidNsError> {
@@ -147,6 +177,20 @@ mod tests {
         // The test process is not PID 1 of its namespace.
         let e = mode(1, true).unwrap_err().to_string();
         assert!(e.contains("not PID 1"), "{e}");
+    }
+
+    #[test]
+    fn tids_below_finds_a_child() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let me = proc_self_pid();
+        let m = tids_below(me).unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        assert_eq!(m.get(&me), Some(&me));
+        assert_eq!(m.get(&c.id()), Some(&c.id()));
     }
 
     #[test]

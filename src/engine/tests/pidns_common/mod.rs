@@ -143,9 +143,15 @@ fn children(pid: i32) -> Vec<i32> {
 // The caller waits for the returned child once its namespace init is gone.
 #[allow(clippy::zombie_processes)]
 pub fn start(report_dir: &Path) -> (std::process::Child, i32) {
+    start_exe(&workload(), report_dir)
+}
+
+/// [`start`] with the workload binary at `exe` (a copy of it).
+#[allow(clippy::zombie_processes)]
+pub fn start_exe(exe: &Path, report_dir: &Path) -> (std::process::Child, i32) {
     let child = Command::new("unshare")
         .args(["--pid", "--fork"])
-        .arg(workload())
+        .arg(exe)
         .arg(report_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

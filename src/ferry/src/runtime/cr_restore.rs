@@ -7,16 +7,17 @@
 //!    init, which waits for `start`.
 //! 3. From outside, the engine fills the fresh namespaces (`container::restore_resources`:
 //!    links under the network lock, hostname, IPC, tmpfs contents, cgroups).
-//! 4. `start`: the init restores the tree in place and becomes its PID 1; the engine reports
-//!    on a status pipe. Then the network is unlocked and the pid file written.
+//! 4. `start`: the init restores the tree in place and becomes its PID 1, while ferry, outside
+//!    the container's pid namespace, finishes it over a socket pair (`pidns::inplace_finish`:
+//!    ptrace by host pids, so nothing of ferry's is left in the container). Then the network is
+//!    unlocked and the pid file written.
 //!
 //! Any failure deletes the container (its processes killed, cgroups and state directory
 //! removed; its mounts and namespaces die with it) and undoes the resources.
 
-use std::io::Read as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -80,60 +81,16 @@ fn open_dir(path: &Path) -> Result<OwnedFd, CrError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn status_pipe() -> Result<(std::fs::File, OwnedFd), CrError> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| CrError::io("create the status pipe", "pipe")(std::io::Error::from(e)))?;
-    Ok((std::fs::File::from(r), w))
-}
-
-/// Reads the engine's one status line, waiting at most `limit`.
-fn read_status(mut r: std::fs::File, limit: Duration) -> Result<String, String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let start = Instant::now();
-    let mut buf = Vec::new();
-    loop {
-        let left = limit.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            return Err(format!(
-                "the container init did not report within {} s",
-                limit.as_secs()
-            ));
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&r),
-            PollFlags::POLLIN | PollFlags::POLLHUP,
-        )];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("poll the status pipe: {e}")),
-        }
-        let mut chunk = [0u8; 4096];
-        match r.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read the status pipe: {e}")),
-        }
-    }
-    let line = String::from_utf8_lossy(&buf)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    if line.is_empty() {
-        return Err(
-            "the container init exited before the restore reported (see restore.log)".into(),
-        );
-    }
-    Ok(line)
+/// The status channel: (ferry's end, the init's end).
+fn status_channel() -> Result<(OwnedFd, OwnedFd), CrError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| CrError::io("create the status socket pair", "socketpair")(e.into()))
 }
 
 /// A pidfd for the container's init, taken while it surely lives (it waits for `start`).
@@ -228,7 +185,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     let images_fd = open_dir(&paths.images)?;
     let log_path = paths.work.join("restore.log");
     let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
-    let (status_r, status_w) = status_pipe()?;
+    let (status_r, status_w) = status_channel()?;
     let exec = RestoreExecutor {
         images_fd: images_fd.as_raw_fd(),
         log_fd: log_file.as_raw_fd(),
@@ -237,7 +194,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         log_level: ferry_engine::log::INFO,
     };
     let built = build(ctx, id, rb.path(), opts.no_pivot, exec);
-    // The init holds its own copies now; ours must go so that EOF means the init is gone.
+    // The init holds its own copy now; ours must go so that EOF means the init is gone.
     drop(status_w);
     drop(log_file);
     let mut container = match built {
@@ -304,7 +261,7 @@ fn run_restore(
     paths: &CrPaths,
     bundle: &Path,
     container: &mut Container,
-    status_r: std::fs::File,
+    status_r: OwnedFd,
 ) -> Result<i32, Failed> {
     let id = opts.container_id.as_str();
     let plain = |e: CrError| Box::new((e, None));
@@ -345,26 +302,26 @@ fn run_restore(
         };
         return Err(Box::new((e, Some(resources))));
     }
-    let line = read_status(status_r, TASK_TIMEOUT + Duration::from_secs(10));
-    match line {
-        Ok(l) if l.starts_with("ok") => {}
-        Ok(l) => {
-            let message = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-            let e = CrError::Init {
-                id: id.to_string(),
-                message,
-            };
+    let log_path = paths.work.join("restore.log");
+    let mut log = match std::fs::OpenOptions::new().append(true).open(&log_path) {
+        Ok(f) => ferry_engine::restore::Log::to(ferry_engine::log::Sink::File(f), 2),
+        Err(e) => {
+            let e = CrError::io("open", &log_path)(e);
             return Err(Box::new((e, Some(resources))));
         }
-        Err(message) => {
-            let e = CrError::Init {
-                id: id.to_string(),
-                message,
-            };
-            return Err(Box::new((e, Some(resources))));
-        }
-    }
-    if let Err(e) = super::cr_procfs::unstack(pid) {
+    };
+    let done = ferry_engine::pidns::inplace_finish::finish_in_place(
+        pid,
+        status_r,
+        &paths.images,
+        TASK_TIMEOUT,
+        &mut log,
+    );
+    if let Err(e) = done {
+        let e = CrError::Init {
+            id: id.to_string(),
+            message: e.to_string(),
+        };
         return Err(Box::new((e, Some(resources))));
     }
     resources

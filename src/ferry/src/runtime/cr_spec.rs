@@ -3,7 +3,7 @@
 //!
 //! libcontainer's init drops to the config's capabilities, applies its seccomp filter and LSM
 //! profile before the executor runs. The in-place restore needs ferry's own capabilities (clone3
-//! with set_tid, ptrace of its finisher, PR_SET_MM); the restored tasks then take their
+//! with set_tid, PR_SET_MM, capset); the restored tasks then take their
 //! credentials, capabilities and seccomp filters from the images, as with runc+CRIU where CRIU
 //! restores them. So the restore config keeps everything else (namespaces, mounts, cgroups,
 //! hostname, devices, hooks) and differs only in: the init's capabilities (ferry's permitted set),

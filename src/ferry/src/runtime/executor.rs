@@ -65,16 +65,17 @@ impl Executor for FerryExecutor {
 ///
 /// It runs after pivot_root, where host paths are out of reach, so the image directory and the
 /// log come as fds opened by ferry before the container was built, reached through
-/// `/proc/self/fd/N` (the container's /proc). The outcome goes to ferry on `status_fd` (`ok PIDS`
-/// or `error: MESSAGE`, written by the engine). On success it never returns: this process is
-/// the restored PID 1.
+/// `/proc/self/fd/N` (the container's /proc, read only). `status_fd` is the init's end of the
+/// socket pair whose other end ferry reads: the engine's in-place restore reports on it and
+/// ferry, outside the container's pid namespace, finishes the restore from there. On success
+/// it never returns: this process is the restored PID 1.
 #[derive(Clone, Debug)]
 pub struct RestoreExecutor {
     /// The image directory, open (O_PATH) in ferry.
     pub images_fd: i32,
     /// restore.log, open for writing in ferry.
     pub log_fd: i32,
-    /// Write end of ferry's status pipe.
+    /// The init's end of ferry's status socket pair (SOCK_SEQPACKET).
     pub status_fd: i32,
     /// Deadline for every task to reach the restorer.
     pub timeout: std::time::Duration,
@@ -85,32 +86,28 @@ pub struct RestoreExecutor {
 impl Executor for RestoreExecutor {
     fn exec(&self, _spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
         use ferry_engine::restore::{Log, Options};
+        use std::os::fd::FromRawFd;
+        // SAFETY: ferry handed this fd to the init for the restore alone; the engine owns and
+        // closes it from here.
+        let chan = unsafe { std::os::fd::OwnedFd::from_raw_fd(self.status_fd) };
         let log_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.log_fd));
-        let mut log = Log::new(Some(&log_path), self.log_level)
-            .map_err(|e| ExecutorError::Other(format!("restore.log: {e}")))?;
-        match super::cr_procfs::stack_fresh_proc() {
-            Ok(true) => log.line(2, "fresh /proc stacked for the restore (ns_last_pid)"),
-            Ok(false) => {}
-            Err(e) => return Err(ExecutorError::Other(e)),
-        }
+        let mut log = match Log::new(Some(&log_path), self.log_level) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("restore.log in the container init: {e}");
+                ferry_engine::pidns::inplace::report_error(&chan, &msg);
+                return Err(ExecutorError::Other(msg));
+            }
+        };
         let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
         opts.timeout = self.timeout;
-        let pipe = fd_identity(self.status_fd);
-        match ferry_engine::pidns::inplace::restore_in_place(&opts, Some(self.status_fd), &mut log)
-        {
+        match ferry_engine::pidns::inplace::restore_in_place(&opts, chan, &mut log) {
             Ok(never) => match never {},
-            Err(e) => {
-                let msg = format!("in-place restore: {e}");
-                // An error before the engine's finisher exists is not on the pipe yet. The fd
-                // number may already hold one of the tree's files: write only if it is still
-                // the same pipe (ferry reads the first line, so a second report is harmless).
-                if pipe.is_some() && fd_identity(self.status_fd) == pipe {
-                    let line = format!("error: {msg}\n");
-                    // SAFETY: write(2) of a valid buffer to the fd just checked to be our pipe.
-                    unsafe { libc::write(self.status_fd, line.as_ptr().cast(), line.len()) };
-                }
-                Err(ExecutorError::Other(msg))
-            }
+            // The engine has reported it to ferry (on the socket or in its stage slot). The
+            // init's fds may already be the tree's, libcontainer's log and channel among them:
+            // exit without writing anything anywhere.
+            // SAFETY: _exit ends this process without running destructors or flushing buffers.
+            Err(_) => unsafe { libc::_exit(1) },
         }
     }
 
@@ -118,11 +115,6 @@ impl Executor for RestoreExecutor {
         // The process comes from the images, not from the config's args.
         Ok(())
     }
-}
-
-/// (device, inode) of what `fd` refers to, if it is open.
-fn fd_identity(fd: i32) -> Option<(u64, u64)> {
-    fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ mod cr_error;
 mod cr_freezer;
 mod cr_mounts;
 mod cr_paths;
-mod cr_procfs;
 mod cr_restore;
 mod cr_spec;
 mod cr_stdio;
