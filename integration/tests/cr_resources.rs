@@ -1,10 +1,15 @@
 //! Container resources across `ferry checkpoint`/`ferry restore`: a bind mount from the bundle's
 //! config (external: restored from the config's source), content the container wrote into its
-//! /dev/shm tmpfs (restored from the image's archive).
+//! /dev/shm tmpfs (restored from the image's archive); a tree that never sleeps, seized while
+//! its cgroup is frozen (the tmpfs archive, taken frozen, and the memory, taken at the seize,
+//! must agree), running or paused.
 
+mod cr_build;
 mod cr_common;
 
+use cr_build::*;
 use cr_common::*;
+use ferry_integration::cmd::wait_until;
 use ferry_integration::TestEnv;
 
 #[test]
@@ -67,4 +72,99 @@ fn cr_bind_mount_and_dev_shm_content_come_back() {
 fn assert_carries_on_here(env: &TestEnv, b: &ferry_integration::Bundle, id: &str, at: u64) {
     assert_eq!(env.status(id), "running");
     assert_counts_on_from(b, at);
+}
+
+/// Starts `tight_loop /dev/shm/n /report` (built into the bundle) and waits until it turns.
+fn start_tight_loop(env: &TestEnv, id: &str) -> (ferry_integration::Bundle, i32) {
+    let b = env.bundle(id, &["tight_loop", "/dev/shm/n", "/report"]);
+    build_workload(&b, "tight_loop");
+    ferry_null(
+        env,
+        &["run", "-d", "--bundle", b.path.to_str().unwrap(), id],
+    )
+    .ok();
+    let pid = track_state_pid(env, id).expect("state has a pid after run -d");
+    wait_file(&in_rootfs(&b, "/report.iter"), T);
+    (b, pid)
+}
+
+/// Waits until the loop has rewritten its turn count twice more (so it has compared memory
+/// with its file many times since), then asserts it never saw them differ.
+#[track_caller]
+fn assert_loop_consistent(b: &ferry_integration::Bundle, when: &str) {
+    let iter = in_rootfs(b, "/report.iter");
+    let read = || std::fs::read_to_string(&iter).unwrap_or_default();
+    for _ in 0..2 {
+        let before = read();
+        assert!(
+            wait_until(T, || read() != before && !read().is_empty()),
+            "{when}: the loop does not turn (count {before:?})"
+        );
+    }
+    let report = in_rootfs(b, "/report");
+    assert!(
+        !report.exists(),
+        "{when}: memory and the frozen tmpfs disagree, the tree ran between freeze and seize:\n{}",
+        std::fs::read_to_string(&report).unwrap_or_default()
+    );
+}
+
+#[test]
+fn cr_tree_seized_while_frozen_runs_no_user_code_in_between() {
+    let env = TestEnv::new("crfrz");
+    let id = env.id("c");
+    let (b, _) = start_tight_loop(&env, &id);
+    for round in 0..2 {
+        let img = env.dir.join(format!("img{round}"));
+        checkpoint(&env, &id, &img, &[]).ok();
+        let tasks = image_entries(&env, &img.join("pstree.img"));
+        assert!(
+            tasks.len() >= 2,
+            "round {round}: the loop and its forker (and any grandchild) dumped: {tasks:?}"
+        );
+        restore(&env, &b, &id, &img, &[]).ok();
+        assert_eq!(env.status(&id), "running");
+        assert_loop_consistent(&b, &format!("after restore {round}"));
+    }
+    env.ferry(&["kill", &id, "KILL"]).ok();
+    env.wait_status(&id, "stopped", T);
+    env.ferry(&["delete", &id]).ok();
+    assert_nothing_left(&env, &b, &id);
+}
+
+#[test]
+fn cr_paused_container_does_not_run_during_a_leave_running_checkpoint() {
+    let env = TestEnv::new("crpause");
+    let id = env.id("c");
+    let (b, pid) = start_tight_loop(&env, &id);
+    env.ferry(&["pause", &id]).ok();
+    let v0 = read_in_container(pid, "/dev/shm/n").expect("the loop's file");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(read_in_container(pid, "/dev/shm/n").unwrap(), v0, "paused");
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &["--leave-running"]).ok();
+    assert_eq!(env.status(&id), "paused", "paused before, paused after");
+    let v1 = read_in_container(pid, "/dev/shm/n").unwrap();
+    assert_eq!(
+        v1.trim(),
+        v0.trim(),
+        "the paused container ran during its checkpoint"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        read_in_container(pid, "/dev/shm/n").unwrap(),
+        v0,
+        "still paused"
+    );
+    env.ferry(&["resume", &id]).ok();
+    assert!(
+        wait_until(T, || read_in_container(pid, "/dev/shm/n")
+            .is_some_and(|v| v != v0)),
+        "the loop goes on after resume"
+    );
+    assert_loop_consistent(&b, "after resume");
+    // A running container checkpointed with --leave-running goes on as well.
+    checkpoint(&env, &id, &env.dir.join("img2"), &["--leave-running"]).ok();
+    assert_eq!(env.status(&id), "running");
+    assert_loop_consistent(&b, "after a --leave-running checkpoint");
 }
