@@ -138,8 +138,43 @@ fn cr_paused_container_does_not_run_during_a_leave_running_checkpoint() {
     let env = TestEnv::new("crpause");
     let id = env.id("c");
     let (b, pid) = start_tight_loop(&env, &id);
+    // A second loop through a foreground `exec`: a process of the container's cgroup outside
+    // the init's tree, held still by the checkpoint too.
+    let mut exec = env
+        .command()
+        .args(["exec", &id, "tight_loop", "/dev/shm/x", "/report-exec"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let exec_pid = exec.id() as i32;
+    env.track_pid(exec_pid);
+    wait_file(&in_rootfs(&b, "/report-exec.iter"), T);
+    let outside: Vec<i32> = processes_in(&b.rootfs())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("/dev/shm/x"))
+        })
+        .collect();
+    assert!(!outside.is_empty(), "the exec'd loop runs");
+    for p in &outside {
+        let mut a = *p;
+        while a > 1 {
+            assert_ne!(a, pid, "exec'd process {p} is outside the init's tree");
+            a = std::fs::read_to_string(format!("/proc/{a}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse().ok()
+                })
+                .unwrap_or(0);
+        }
+    }
     env.ferry(&["pause", &id]).ok();
     let v0 = read_in_container(pid, "/dev/shm/n").expect("the loop's file");
+    let x0 = read_in_container(pid, "/dev/shm/x").expect("the exec'd loop's file");
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(read_in_container(pid, "/dev/shm/n").unwrap(), v0, "paused");
     let img = env.dir.join("img");
@@ -150,6 +185,17 @@ fn cr_paused_container_does_not_run_during_a_leave_running_checkpoint() {
         v1.trim(),
         v0.trim(),
         "the paused container ran during its checkpoint"
+    );
+    assert_eq!(
+        read_in_container(pid, "/dev/shm/x").unwrap(),
+        x0,
+        "the paused container's exec'd process ran during its checkpoint"
+    );
+    let tasks = image_entries(&env, &img.join("pstree.img"));
+    assert_eq!(
+        tasks.len(),
+        tree_size(pid),
+        "the init's tree is dumped, the exec'd process is not: {tasks:?}"
     );
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(
@@ -168,6 +214,35 @@ fn cr_paused_container_does_not_run_during_a_leave_running_checkpoint() {
     checkpoint(&env, &id, &env.dir.join("img2"), &["--leave-running"]).ok();
     assert_eq!(env.status(&id), "running");
     assert_loop_consistent(&b, "after a --leave-running checkpoint");
+    let x1 = read_in_container(pid, "/dev/shm/x").unwrap();
+    assert!(
+        wait_until(T, || read_in_container(pid, "/dev/shm/x")
+            .is_some_and(|v| v != x1)),
+        "the exec'd loop goes on"
+    );
+    env.ferry(&["kill", &id, "KILL"]).ok();
+    let _ = exec.wait();
+}
+
+/// Number of tasks in the tree rooted at `pid` (stable while the container is paused).
+fn tree_size(pid: i32) -> usize {
+    let mut todo = vec![pid];
+    let mut n = 0;
+    while let Some(p) = todo.pop() {
+        n += 1;
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+    }
+    n
 }
 
 /// Waits for `/ipc-WHAT-ROUND` of the sysv_ipc workload; its `/ipc-fail-ROUND` ends the wait.

@@ -20,7 +20,9 @@
 //! task cannot do); it stays stopped after the thaw and is seized like any task then. The v1
 //! freezer shows frozen tasks as `D`: a stopped one is told apart by its wchan,
 //! `do_signal_stop`. The cgroup v2 freezer lets a queued interrupt trap at once (a ptrace stop
-//! counts as frozen there); both are collected the same way after the thaw.
+//! counts as frozen there); both are collected the same way after the thaw. Processes of the
+//! cgroup outside the tree (a runtime's `exec`) are seized the same way and held still, not
+//! dumped, until the tree is let go (as CRIU does).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -38,6 +40,9 @@ pub trait Freezer {
     /// The cgroup was frozen before the checkpoint began (a paused container): it is frozen
     /// again before the tree is let go, so its tasks do not run.
     fn was_frozen(&self) -> bool;
+    /// Every process of the cgroup (those outside the dumped tree, such as `exec`'d ones, are
+    /// held still for the dump too).
+    fn processes(&self) -> std::result::Result<Vec<i32>, String>;
 }
 
 /// Errors while freezing.
@@ -121,6 +126,9 @@ pub struct FrozenTree {
     pub freezing_time: Duration,
     /// When the last task was stopped.
     pub frozen_at: Instant,
+    /// Threads of the cgroup outside the tree, held still for the dump and not dumped (CRIU
+    /// does the same); detached with the tree.
+    pub outsiders: Vec<Stopped>,
 }
 
 /// Fields 4 (ppid), 5 (pgrp), 6 (session) and 3 (state) of /proc/PID/stat, and field 52
@@ -319,11 +327,28 @@ pub fn freeze_in_cgroup(
 ) -> Result<FrozenTree> {
     let start = Instant::now();
     let mut pre = preseize(root);
+    if pre.error.is_none() {
+        match freezer.processes() {
+            Ok(procs) => {
+                if let Err(e) = preseize_outsiders(&procs, &mut pre) {
+                    pre.error = Some(e);
+                }
+            }
+            Err(message) => {
+                pre.error = Some(FreezeError::Freezer {
+                    stage: "list the cgroup's processes",
+                    message,
+                })
+            }
+        }
+    }
     log.log(
         crate::log::INFO,
         &format!(
-            "freeze: {} threads seized in the frozen cgroup, interrupts queued",
-            pre.threads.len()
+            "freeze: {} threads of the tree and {} outside it seized in the frozen cgroup, \
+             interrupts queued",
+            pre.threads.len(),
+            pre.outsiders.len()
         ),
     );
     if let Err(message) = freezer.thaw() {
@@ -342,10 +367,13 @@ pub fn freeze_in_cgroup(
     // Threads seized in the first pass that the walk did not meet (killed from outside since):
     // their stops are collected so that they can be detached.
     let leftover = pre.collect_all();
+    let outsiders = pre.collect_outsiders();
     match r {
         Ok(()) => {
             drop(leftover);
-            Ok(w.into_tree(start))
+            let mut tree = w.into_tree(start);
+            tree.outsiders = outsiders;
+            Ok(tree)
         }
         Err(e) => {
             if freezer.was_frozen() {
@@ -356,6 +384,7 @@ pub fn freeze_in_cgroup(
                 }
             }
             drop(leftover);
+            drop(outsiders);
             drop(w);
             Err(e)
         }
@@ -375,6 +404,7 @@ impl Walk {
             tasks: self.tasks,
             freezing_time: start.elapsed(),
             frozen_at: Instant::now(),
+            outsiders: Vec::new(),
         }
     }
 }
@@ -438,6 +468,10 @@ impl Preseized1 {
 #[derive(Default)]
 struct Preseized {
     threads: HashMap<i32, Preseized1>,
+    /// Every pid of the tree (seized or not: stopped tasks and zombies are left for later).
+    tree: HashSet<i32>,
+    /// Threads of the cgroup outside the tree.
+    outsiders: HashMap<i32, Preseized1>,
     error: Option<FreezeError>,
 }
 
@@ -449,6 +483,15 @@ impl Preseized {
     /// Collects the stops of every thread not taken yet (the cgroup must be thawed).
     fn collect_all(&mut self) -> Vec<Stopped> {
         self.threads
+            .drain()
+            .filter_map(|(_, p)| p.collect().ok())
+            .collect()
+    }
+
+    /// Collects the stops of the threads outside the tree (the cgroup must be thawed); one
+    /// that died meanwhile is simply gone.
+    fn collect_outsiders(&mut self) -> Vec<Stopped> {
+        self.outsiders
             .drain()
             .filter_map(|(_, p)| p.collect().ok())
             .collect()
@@ -474,41 +517,60 @@ fn preseize(root: i32) -> Preseized {
 
 fn preseize_into(root: i32, pre: &mut Preseized) -> Result<()> {
     let mut queue = vec![root];
-    let mut known: HashSet<i32> = HashSet::from([root]);
+    pre.tree.insert(root);
     let mut i = 0;
     while i < queue.len() {
         let pid = queue[i];
         i += 1;
         let tids: Vec<i32> = list_tids(pid)?.into_iter().collect();
-        for &tid in &tids {
-            if in_signal_stop(pid, tid) {
-                // Seizing would wait for the frozen task to re-trap; it is stopped anyway and
-                // is seized after the thaw.
-                continue;
-            }
-            let running = match seize(tid) {
-                Ok(r) => r,
-                Err(PtraceError::TaskDied { .. }) | Err(PtraceError::Zombie { .. }) => continue,
-                Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
-            };
-            let queued = running.queue_interrupt();
-            let ok = queued.is_ok();
-            pre.threads.insert(
-                tid,
-                Preseized1 {
-                    running,
-                    queued: ok,
-                },
-            );
-            match queued {
-                Ok(()) | Err(PtraceError::TaskDied { .. }) => {}
-                Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
-            }
-        }
+        preseize_threads(pid, &tids, &mut pre.threads)?;
         for child in list_children(pid, &tids)? {
-            if known.insert(child) {
+            if pre.tree.insert(child) {
                 queue.push(child);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Seizes the threads of the cgroup's processes that are not part of the tree.
+fn preseize_outsiders(procs: &[i32], pre: &mut Preseized) -> Result<()> {
+    for &pid in procs {
+        if pre.tree.contains(&pid) || pid == std::process::id() as i32 {
+            continue;
+        }
+        let tids: Vec<i32> = list_tids(pid)?.into_iter().collect();
+        preseize_threads(pid, &tids, &mut pre.outsiders)?;
+    }
+    Ok(())
+}
+
+/// PTRACE_SEIZE + queued PTRACE_INTERRUPT for each of `tids` (threads of `pid`), but for
+/// threads in a job-control stop, zombies and threads already gone.
+fn preseize_threads(pid: i32, tids: &[i32], into: &mut HashMap<i32, Preseized1>) -> Result<()> {
+    for &tid in tids {
+        if in_signal_stop(pid, tid) {
+            // Seizing would wait for the frozen task to re-trap; it is stopped anyway and
+            // is seized after the thaw.
+            continue;
+        }
+        let running = match seize(tid) {
+            Ok(r) => r,
+            Err(PtraceError::TaskDied { .. }) | Err(PtraceError::Zombie { .. }) => continue,
+            Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
+        };
+        let queued = running.queue_interrupt();
+        let ok = queued.is_ok();
+        into.insert(
+            tid,
+            Preseized1 {
+                running,
+                queued: ok,
+            },
+        );
+        match queued {
+            Ok(()) | Err(PtraceError::TaskDied { .. }) => {}
+            Err(source) => return Err(FreezeError::Seize { pid, tid, source }),
         }
     }
     Ok(())
@@ -524,6 +586,11 @@ impl FrozenTree {
     /// Returns the first detach error, after trying all.
     pub fn release(mut self) -> std::result::Result<(), PtraceError> {
         let mut first = None;
+        for s in self.outsiders.drain(..) {
+            if let Err(e) = s.detach() {
+                first.get_or_insert(e);
+            }
+        }
         for t in self.tasks.iter_mut() {
             for th in t.threads.iter_mut() {
                 if let Some(s) = th.stopped.take() {
@@ -552,6 +619,8 @@ impl FrozenTree {
                 drop(th.stopped.take());
             }
         }
+        // Not part of the dumped tree: let go; whoever owns the cgroup decides their fate.
+        self.outsiders.clear();
     }
 }
 

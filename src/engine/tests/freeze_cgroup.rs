@@ -5,7 +5,8 @@
 //! `dump_in_frozen_cgroup`, and the counter in the memory images must be the one the frozen
 //! tree showed: no user code ran between the freeze and the seize. A cgroup frozen before the
 //! dump (a paused container) is frozen again afterwards and the counter has not moved; one that
-//! was running runs on. The stopped child stays stopped either way.
+//! was running runs on. The stopped child stays stopped either way. Another process of the
+//! cgroup, outside the tree, is held still too (not dumped; a paused one does not move).
 
 mod workload;
 
@@ -104,6 +105,10 @@ impl Freezer for Cg {
     fn was_frozen(&self) -> bool {
         self.was_frozen
     }
+
+    fn processes(&self) -> Result<Vec<i32>, String> {
+        Ok(self.procs())
+    }
 }
 
 impl Drop for Cg {
@@ -170,6 +175,19 @@ fn run(v2: bool) {
         .unwrap();
     let pid = child.id() as i32;
     std::fs::write(cg.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    // Another process of the cgroup, outside the dumped tree (as a runtime's exec would be).
+    let other_shared = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+    let mut other = std::process::Command::new(&bin)
+        .arg(&name)
+        .arg(other_shared.path())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(cg.dir.join("cgroup.procs"), other.id().to_string()).unwrap();
+    wait_for("the other loop spins", || {
+        std::fs::metadata(other_shared.path()).unwrap().len() >= 8
+            && counter(other_shared.path()) > 1000
+    });
     wait_for("the loop spins", || {
         std::fs::metadata(shared.path()).unwrap().len() >= 8 && counter(shared.path()) > 1000
     });
@@ -190,12 +208,16 @@ fn run(v2: bool) {
         cg.was_frozen = paused;
         cg.freeze().unwrap();
         let at_freeze = counter(shared.path());
+        let other_at_freeze = counter(other_shared.path());
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
         let mut opts = DumpOptions::new(pid, d.path());
         opts.leave_running = true;
         let report = dump_in_frozen_cgroup(&opts, &mut DumpLog::none(), &mut cg)
             .unwrap_or_else(|e| panic!("{case}: dump: {e}"));
-        assert_eq!(report.tasks, 2, "{case}: the loop and its stopped child");
+        assert_eq!(
+            report.tasks, 2,
+            "{case}: the loop and its stopped child, not the other process"
+        );
         let seized = image_counter(d.path());
         // Frozen between the increment and the copy, the global is one ahead of the file.
         assert!(
@@ -211,12 +233,20 @@ fn run(v2: bool) {
                 at_freeze,
                 "{case}: the paused tree ran during its dump"
             );
+            assert_eq!(
+                counter(other_shared.path()),
+                other_at_freeze,
+                "{case}: the paused cgroup's other process ran during the dump"
+            );
             cg.thaw().unwrap();
         } else {
             assert!(!cg.frozen(), "{case}: thawed after the dump");
         }
         wait_for("the loop spins on", || {
             counter(shared.path()) > at_freeze + 1000
+        });
+        wait_for("the other process spins on", || {
+            counter(other_shared.path()) > other_at_freeze + 1000
         });
         // Detached with SIGSTOP queued again: it stops once more and stays stopped.
         wait_for("the stopped child stopped again", || state(kid) == 'T');
@@ -225,6 +255,7 @@ fn run(v2: bool) {
     }
     drop(cg);
     let _ = child.wait();
+    let _ = other.wait();
 }
 
 #[test]

@@ -59,4 +59,8 @@ impl Freezer for CgroupFreezer {
     fn was_frozen(&self) -> bool {
         self.was_paused
     }
+
+    fn processes(&self) -> Result<Vec<i32>, String> {
+        self.pids()
+    }
 }
