@@ -81,13 +81,7 @@ pub enum ContainerError {
     },
 }
 
-/// The container's cgroup freezer, driven by the runtime (which knows the container's cgroups).
-pub trait Freezer {
-    /// Freezes every task of the container and waits until they are frozen.
-    fn freeze(&mut self) -> Result<(), String>;
-    /// Thaws them again.
-    fn thaw(&mut self) -> Result<(), String>;
-}
+pub use crate::freeze::Freezer;
 
 /// What to checkpoint and how.
 #[derive(Debug, Clone)]
@@ -161,8 +155,9 @@ pub fn ns_ids(pid: i32, images_dir: &Path) -> Result<NsIds, ContainerError> {
 }
 
 /// Checkpoints the container whose init is `opts.pid`: network lock → freeze → hostname, IPC,
-/// mounts, network, cgroups → thaw → process tree (killed by the engine unless
-/// `leave_running`) → unlock. On error the container runs on as before (thawed, unlocked).
+/// mounts, network, cgroups → process tree seized while frozen, then thawed → tree dumped
+/// (killed by the engine unless `leave_running`) → unlock. On error the container runs on as
+/// before (unlocked; thawed, or frozen again if it was paused).
 pub fn checkpoint(
     opts: &CheckpointOptions,
     freezer: &mut dyn Freezer,
@@ -188,8 +183,7 @@ pub fn checkpoint(
         }
         None => None,
     };
-    let r = frozen_resources(opts, &dir, ids, freezer, log)
-        .and_then(|()| Ok(crate::dump::dump(&dump_options(opts), log)?));
+    let r = frozen_checkpoint(opts, &dir, ids, freezer, log);
     let t = Instant::now();
     let unlocked = lock.map(NetLock::unlock).transpose();
     if let Ok(Some(())) = unlocked {
@@ -218,15 +212,16 @@ fn dump_options(opts: &CheckpointOptions) -> DumpOptions {
     d
 }
 
-/// Freezes the container, dumps its namespaces' resources, thaws it again (the tree dump seizes
-/// tasks with ptrace, which a frozen task cannot enter: see `freeze_then_seize_is_missing`).
-fn frozen_resources(
+/// Freezes the container, dumps its namespaces' resources, then the tree, seized while still
+/// frozen (`dump::dump_in_frozen_cgroup` thaws the cgroup once every task has an interrupt
+/// queued). On error the freezer is put back in the state the container had.
+fn frozen_checkpoint(
     opts: &CheckpointOptions,
     dir: &ImageDir,
     ids: NsIds,
     freezer: &mut dyn Freezer,
     log: &mut DumpLog,
-) -> Result<(), ContainerError> {
+) -> Result<DumpReport, ContainerError> {
     let t = Instant::now();
     freezer
         .freeze()
@@ -235,14 +230,27 @@ fn frozen_resources(
             message,
         })?;
     log.stage("container freeze", t, "cgroup frozen");
-    let r = dump_resources(opts, dir, ids, log);
-    let t = Instant::now();
-    let thawed = freezer.thaw().map_err(|message| ContainerError::Freezer {
-        stage: "thaw",
-        message,
+    let r = dump_resources(opts, dir, ids, log).and_then(|()| {
+        Ok(crate::dump::dump_in_frozen_cgroup(
+            &dump_options(opts),
+            log,
+            freezer,
+        )?)
     });
-    log.stage("container thaw", t, "cgroup thawed for the tree dump");
-    r.and(thawed)
+    if r.is_err() {
+        let t = Instant::now();
+        let back = if freezer.was_frozen() {
+            freezer.freeze()
+        } else {
+            freezer.thaw()
+        };
+        match back {
+            Ok(()) => log.stage("container freezer", t, "back in its state after the error"),
+            // A cleanup error never hides the first error.
+            Err(m) => log.error(&format!("cgroup freezer after a failed checkpoint: {m}")),
+        }
+    }
+    r
 }
 
 fn dump_resources(

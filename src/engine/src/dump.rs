@@ -208,6 +208,40 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpError> {
+    dump_with(opts, log, None)
+}
+
+/// Dumps the tree rooted at `opts.pid`, whose cgroup `freezer` holds frozen on entry: the tree
+/// is seized while frozen and the cgroup thawed once every task has a stop queued
+/// ([`freeze::freeze_in_cgroup`]). A cgroup that was frozen before the checkpoint (a paused
+/// container) is frozen again before the tree is let go, after a success with
+/// `leave_running` as after an error. On an error before the seize the cgroup is left as the
+/// caller froze it.
+pub fn dump_in_frozen_cgroup(
+    opts: &DumpOptions,
+    log: &mut DumpLog,
+    freezer: &mut dyn freeze::Freezer,
+) -> Result<DumpReport, DumpError> {
+    dump_with(opts, log, Some(freezer))
+}
+
+/// Freezes a paused container's cgroup again before its tasks are detached.
+fn refreeze(freezer: &mut Option<&mut dyn freeze::Freezer>, log: &mut DumpLog) {
+    if let Some(f) = freezer.as_deref_mut().filter(|f| f.was_frozen()) {
+        let t = Instant::now();
+        match f.freeze() {
+            Ok(()) => log.stage("refreeze", t, "cgroup frozen again (it was paused)"),
+            // The caller puts the cgroup back in its state again and reports that failure.
+            Err(m) => log.error(&format!("refreeze the paused cgroup: {m}")),
+        }
+    }
+}
+
+fn dump_with(
+    opts: &DumpOptions,
+    log: &mut DumpLog,
+    mut freezer: Option<&mut dyn freeze::Freezer>,
+) -> Result<DumpReport, DumpError> {
     let t = Instant::now();
     check_session(opts)?;
     prepare_dir(&opts.images_dir)?;
@@ -222,14 +256,22 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
     );
 
     let t = Instant::now();
-    let mut tree = freeze::freeze(opts.pid)?;
+    let mut tree = match freezer.as_deref_mut() {
+        None => freeze::freeze(opts.pid)?,
+        Some(f) => freeze::freeze_in_cgroup(opts.pid, f, log)?,
+    };
     log.stage(
         "freeze",
         t,
         &format!(
-            "{} tasks, {} threads seized",
+            "{} tasks, {} threads seized{}",
             tree.tasks.len(),
-            tree.nr_threads()
+            tree.nr_threads(),
+            if freezer.is_some() {
+                " (seized frozen, cgroup thawed)"
+            } else {
+                ""
+            }
         ),
     );
     let mut ctx = Ctx::new(opts.images_dir.clone(), zero);
@@ -244,6 +286,7 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
                 // TCP connections leave repair mode before their tasks run again; a killed
                 // tree's close them silently in repair mode (files::inet).
                 let resumed = ctx.files.inet.resume();
+                refreeze(&mut freezer, log);
                 tree.release()?;
                 log.stage("release", t, "tree resumed (--leave-running)");
                 resumed.map_err(crate::files::dump::FilesError::from)?;
@@ -264,6 +307,7 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
             if let Err(r) = ctx.files.inet.resume() {
                 log.error(&format!("rollback: {r}"));
             }
+            refreeze(&mut freezer, log);
             match tree.release() {
                 Ok(()) => log.stage("rollback", t, "tree released unharmed"),
                 Err(r) => log.error(&format!("rollback: {r}")),

@@ -228,6 +228,20 @@ fn wait(pid: i32, nohang: bool, op: &'static str) -> Result<Option<StopKind>> {
     }))
 }
 
+/// Best effort after a failed interrupt; if the task is not in a stop this fails and the kernel
+/// detaches it when ferry exits.
+fn detach_after_error(pid: i32, e: &PtraceError) {
+    if !matches!(e, PtraceError::TaskDied { .. }) {
+        let _ = ptrace(
+            libc::PTRACE_DETACH,
+            pid,
+            0,
+            0,
+            "detach after failed interrupt",
+        );
+    }
+}
+
 /// Attaches to `pid` with PTRACE_SEIZE (TRACESYSGOOD, so syscall stops are told apart from
 /// SIGTRAP). The task keeps running until [`Running::interrupt`].
 pub fn seize(pid: i32) -> Result<Running> {
@@ -260,27 +274,37 @@ impl Running {
     /// were already being delivered and remembering whether the task was job-control stopped.
     /// On any error but the task's death, the task is detached again before returning.
     pub fn interrupt(self) -> Result<Stopped> {
+        match self.queue_interrupt() {
+            Ok(()) => self.interrupt_queued(),
+            Err(e) => {
+                detach_after_error(self.t.pid, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues PTRACE_INTERRUPT without waiting for the stop. The trap is taken the next time
+    /// the task would return to user space, so a task held by the cgroup freezer can be
+    /// interrupted while frozen and collected with [`Running::interrupt_queued`] once thawed,
+    /// without running a single user instruction in between (CRIU's freeze-then-seize).
+    pub fn queue_interrupt(&self) -> Result<()> {
+        ptrace(libc::PTRACE_INTERRUPT, self.t.pid, 0, 0, "interrupt").map(drop)
+    }
+
+    /// Waits for the stop an earlier [`Running::queue_interrupt`] asked for, as
+    /// [`Running::interrupt`] does (signals passed back, job-control stop remembered). On any
+    /// error but the task's death, the task is detached again before returning.
+    pub fn interrupt_queued(self) -> Result<Stopped> {
         let pid = self.t.pid;
         let r = self.interrupt_inner();
         if let Err(e) = &r {
-            if !matches!(e, PtraceError::TaskDied { .. }) {
-                // Best effort; if the task is not in a stop this fails and the kernel detaches
-                // it when ferry exits.
-                let _ = ptrace(
-                    libc::PTRACE_DETACH,
-                    pid,
-                    0,
-                    0,
-                    "detach after failed interrupt",
-                );
-            }
+            detach_after_error(pid, e);
         }
         r
     }
 
     fn interrupt_inner(self) -> Result<Stopped> {
         let pid = self.t.pid;
-        ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0, "interrupt")?;
         let kind = loop {
             let kind = wait(pid, false, "wait for interrupt")?.expect("blocking wait");
             match kind {

@@ -119,8 +119,9 @@ fn checkpoint(
     let r = ferry_engine::container::checkpoint(&copts, &mut freezer, &mut log);
     log.sync();
     if let Err(source) = r {
-        // The engine left the tree running and the cgroup thawed; a paused container is
-        // paused again. A cleanup error never hides the first error.
+        // The engine let the tree go and put the freezer back (a paused container was frozen
+        // again before its tasks were detached); this only makes sure of the state. A cleanup
+        // error never hides the first error.
         if let Err(e) = freezer.restore_state() {
             tracing::error!("put container {id} back in its state after a failed checkpoint: {e}");
         }

@@ -1,8 +1,9 @@
 //! The container's cgroup freezer as the engine's [`Freezer`]: v1's `freezer.state` (or
 //! cgroup2's `cgroup.freeze`) through libcgroups, which waits until the state is reached.
 //!
-//! A paused container is thawed for the tree dump (ptrace cannot stop a frozen task) and frozen
-//! again when it stays (`--leave-running`) or when the checkpoint fails.
+//! The engine seizes the tree while the cgroup is frozen and thaws it only to collect the
+//! ptrace stops it queued; a paused container is frozen again before its tasks are detached,
+//! when it stays (`--leave-running`) or when the checkpoint fails, so it never runs.
 
 use libcgroups::common::{AnyCgroupManager, CgroupManager, FreezerState};
 
@@ -53,5 +54,13 @@ impl Freezer for CgroupFreezer {
 
     fn thaw(&mut self) -> Result<(), String> {
         self.set(FreezerState::Thawed)
+    }
+
+    fn was_frozen(&self) -> bool {
+        self.was_paused
+    }
+
+    fn processes(&self) -> Result<Vec<i32>, String> {
+        self.pids()
     }
 }
