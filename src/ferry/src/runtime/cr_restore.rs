@@ -214,13 +214,27 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
             },
         )?;
     }
-    cr_stdio::check_restorable(&descs, opts.console_socket.is_some()).map_err(|e| match e {
-        CrError::NotSupported { what, .. } => CrError::NotSupported {
-            stage: stage.clone(),
-            what,
-        },
-        other => other,
-    })?;
+    // Stdio pipes come back on ferry's own fds of the same numbers (the init inherits them).
+    let offered = ferry_images::ImageDir::open(&paths.images)
+        .map_err(|e| e.to_string())
+        .and_then(|d| ferry_engine::files::inherit::keys_in(&d).map_err(|e| e.to_string()))
+        .map_err(|problem| CrError::BadImages {
+            id: id.to_string(),
+            path: paths.images.clone(),
+            problem,
+        })?;
+    let inherit_fds =
+        cr_stdio::inherit_list(&descs, &offered, cr_stdio::own_fd_open).map_err(|e| match e {
+            CrError::NotSupported { what, .. } => CrError::NotSupported {
+                stage: stage.clone(),
+                what,
+            },
+            CrError::Refused { message, .. } => CrError::Refused {
+                stage: stage.clone(),
+                message,
+            },
+            other => other,
+        })?;
     let bundle = cr_spec::bundle_dir(opts.bundle.as_deref())?;
     let rb = cr_spec::prepare(&bundle)?;
     std::fs::create_dir_all(&paths.work)
@@ -235,6 +249,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         status_fd: status_w.as_raw_fd(),
         timeout: TASK_TIMEOUT,
         log_level: 2,
+        inherit_fds,
     };
     let built = build(ctx, id, rb.path(), opts.no_pivot, exec);
     // The init holds its own copies now; ours must go so that EOF means the init is gone.

@@ -80,6 +80,8 @@ pub struct RestoreExecutor {
     pub timeout: std::time::Duration,
     /// restore.log verbosity.
     pub log_level: u8,
+    /// The init's own fds (ferry's, inherited) standing for the images' stdio pipes.
+    pub inherit_fds: Vec<ferry_engine::files::inherit::InheritFd>,
 }
 
 impl Executor for RestoreExecutor {
@@ -95,6 +97,7 @@ impl Executor for RestoreExecutor {
         }
         let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
         opts.timeout = self.timeout;
+        opts.inherit_fds = self.inherit_fds.clone();
         let pipe = fd_identity(self.status_fd);
         match ferry_engine::pidns::inplace::restore_in_place(&opts, Some(self.status_fd), &mut log)
         {
