@@ -62,7 +62,7 @@ impl Lines {
     fn next_count(&self) -> u64 {
         loop {
             let l = self.next();
-            if let Some(n) = l.strip_prefix("count ").and_then(|n| n.parse().ok()) {
+            if let Some(n) = l.trim().strip_prefix("count ").and_then(|n| n.parse().ok()) {
                 return n;
             }
         }
@@ -72,7 +72,7 @@ impl Lines {
     fn last_count(&self) -> Option<u64> {
         let mut last = None;
         while let Ok(l) = self.0.recv_timeout(Duration::from_millis(300)) {
-            if let Some(n) = l.strip_prefix("count ").and_then(|n| n.parse().ok()) {
+            if let Some(n) = l.trim().strip_prefix("count ").and_then(|n| n.parse().ok()) {
                 last = Some(n);
             }
         }
@@ -109,6 +109,16 @@ fn restore_with(
     o
 }
 
+/// The restore's log must not say an inherited fd went unused or a pipe came back unconnected.
+#[track_caller]
+fn assert_all_reconnected(img: &std::path::Path) {
+    let log = std::fs::read_to_string(img.join("restore.log")).expect("restore.log");
+    assert!(
+        !log.contains("matches no file") && !log.contains("comes back unconnected"),
+        "{log}"
+    );
+}
+
 fn descriptors(img: &std::path::Path) -> Vec<String> {
     serde_json::from_str(&std::fs::read_to_string(img.join("descriptors.json")).unwrap()).unwrap()
 }
@@ -141,6 +151,7 @@ fn cr_restore_reconnects_the_containers_stdout_pipe_to_the_callers() {
         )
         .ok();
         assert_eq!(env.status(&id), "running", "round {round}");
+        assert_all_reconnected(&img);
         out = Lines::of(r);
         let n = out.next_count();
         assert!(
@@ -209,6 +220,7 @@ fn cr_restore_reconnects_stdin_stdout_and_stderr_pipes() {
             Stdio::from(err_w),
         );
         assert_eq!(env.status(&id), "running", "round {round}");
+        assert_all_reconnected(&img);
         stdin = std::fs::File::from(in_w);
         out = Lines::of(out_r);
         err = Lines::of(err_r);
@@ -250,5 +262,136 @@ fn cr_restore_refuses_a_stdio_pipe_the_images_do_not_hold() {
     .failed();
     assert!(o.stderr.contains("pipe:[4242]"), "names the pipe:\n{o}");
     assert!(o.stderr.contains("stdio fd 1"), "names the fd:\n{o}");
+    assert_nothing_left(&env, &b, &id);
+}
+
+/// Accepts one connection on a console socket and receives the pty master it carries.
+fn recv_master(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("nobody connected to the console socket: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg on the console socket");
+    for c in msg.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed this fd in our table for us; we own it now.
+            return std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    panic!("console socket message carried no fd");
+}
+
+/// A terminal container (`process.terminal`, master sent to `--console-socket`) checkpointed
+/// and restored twice with `--console-socket`: each restore sends a new master, and the
+/// counter's lines carry on through it. Without `--console-socket` the restore is refused by
+/// name and leaves nothing behind.
+#[test]
+fn cr_restore_of_a_terminal_container_onto_a_new_console() {
+    let env = TestEnv::new("crtty");
+    let id = env.id("c");
+    let b = counter_bundle(&env, &id);
+    b.edit_config(|c| c["process"]["terminal"] = true.into());
+    let sock = env.dir.join("console0.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    ferry_null(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "--bundle",
+            b.path.to_str().unwrap(),
+            &id,
+        ],
+    )
+    .ok();
+    env.track_id(&id);
+    track_state_pid(&env, &id).expect("a pid");
+    let mut tty = Lines::of(recv_master(&listener));
+    let mut last = tty.next_count();
+    for round in 0..2 {
+        let img = env.dir.join(format!("img{round}"));
+        checkpoint(&env, &id, &img, &[]).ok();
+        let descs = descriptors(&img);
+        assert!(
+            descs.iter().all(|d| d.starts_with("/dev/pts/")),
+            "round {round}: {descs:?}"
+        );
+        last = tty.last_count().unwrap_or(last).max(last);
+        if round == 0 {
+            let o = restore(&env, &b, &id, &img, &[]).failed();
+            assert!(o.stderr.contains("--console-socket"), "{o}");
+            assert!(o.stderr.contains("terminal"), "{o}");
+            assert_nothing_left(&env, &b, &id);
+        }
+        let sock = env.dir.join(format!("console{}.sock", round + 1));
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        restore(
+            &env,
+            &b,
+            &id,
+            &img,
+            &["--console-socket", sock.to_str().unwrap()],
+        )
+        .ok();
+        tty = Lines::of(recv_master(&listener));
+        assert_eq!(env.status(&id), "running", "round {round}");
+        assert_all_reconnected(&img);
+        // The restored init's stdio is the new console's slave.
+        let pid = track_state_pid(&env, &id).expect("a pid");
+        let fd0 = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+        assert!(fd0.to_string_lossy().starts_with("/dev/pts/"), "{fd0:?}");
+        // ... and its controlling terminal (tty_nr, field 7 of /proc/PID/stat).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let tty_nr: u64 = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let rdev = std::os::unix::fs::MetadataExt::rdev(
+            &std::fs::metadata(format!("/proc/{pid}/fd/0")).unwrap(),
+        );
+        assert_eq!(
+            tty_nr, rdev,
+            "round {round}: the init's controlling terminal"
+        );
+        let n = tty.next_count();
+        assert!(
+            n > last && n <= last + 20,
+            "round {round}: count {n} on the new console after {last}"
+        );
+        let again = tty.next_count();
+        assert_eq!(again, n + 1, "round {round}: the counter keeps counting");
+        wait_count_above(&b, again);
+        last = again;
+    }
+    ferry_null(&env, &["delete", "-f", &id]).ok();
     assert_nothing_left(&env, &b, &id);
 }

@@ -117,14 +117,18 @@ impl Inherited {
         Ok(Self { fds })
     }
 
-    /// The inherited fd standing for `key` (the first given, as CRIU takes it), marked used.
+    /// The inherited fd standing for `key` (the first given, as CRIU takes it); every fd given
+    /// for that key counts as used (a caller may name one file on several fds, as runc does
+    /// for a terminal on 0, 1 and 2).
     pub fn take(&mut self, key: &str) -> Option<&OwnedFd> {
-        let e = self
-            .fds
-            .iter_mut()
-            .find(|(i, _, _)| key_matches(&i.key, key))?;
-        e.2 = true;
-        Some(&e.1)
+        let mut first = None;
+        for (n, e) in self.fds.iter_mut().enumerate() {
+            if key_matches(&e.0.key, key) {
+                e.2 = true;
+                first.get_or_insert(n);
+            }
+        }
+        first.map(|n| &self.fds[n].1)
     }
 
     /// Whether an fd stands for `key` (without marking it used).
@@ -272,6 +276,7 @@ mod tests {
         ];
         let mut inh = Inherited::new(&list, 100).unwrap();
         let got = inh.take("pipe:[1]").unwrap().as_raw_fd();
+        assert!(inh.has("pipe:[2]") && !inh.has("pipe:[9]"));
         assert!(got >= 100);
         assert_eq!(inh.unused(), vec![list[1].clone()]);
         assert!(inh.take("pipe:[3]").is_none());

@@ -337,6 +337,11 @@ fn open_fd(
     if !p.inherit.is_empty() {
         if let Some(key) = inherit::key_of(f, &p.tty_infos) {
             if let Some(src) = p.inherit.take(&key) {
+                // A session's terminal taken from outside is still its controlling terminal.
+                let info = f.tty.as_ref().and_then(|t| p.tty_infos.get(&t.tty_info_id));
+                if let Some(i) = info.filter(|i| i.sid != 0) {
+                    p.out.cttys.insert(f.id, (i.sid, i.pgrp));
+                }
                 return inherit::open(f, src, &key);
             }
         }

@@ -5,8 +5,10 @@
 //! images. On restore, a pipe is reconnected to the restoring caller's own fd of the same number
 //! (CRIU's inherit-fd keyed by `pipe:[INO]`: the engine's `restore::Options::inherit_fds`, in
 //! the container's init, whose fds 0..2 are ferry's), and a path is reopened by the engine
-//! inside the container's mount namespace. A terminal would come through `--console-socket`
-//! (not supported yet: refused at checkpoint, before anything is frozen, and at restore).
+//! inside the container's mount namespace. A terminal container's pty slave (its master is
+//! outside, with the console socket's receiver) is dumped as an external terminal; the restore
+//! builds the init with a new console (master sent to `--console-socket`, as `ferry run` does)
+//! and inherits its slave for the images' `tty[RDEV:DEV]`.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -59,9 +61,9 @@ pub fn read_init_stdio(pid: i32) -> Result<Vec<String>, CrError> {
 
 /// Refuses, before anything is frozen, stdio the restore could not bring back: a path that is
 /// not the same file inside the container's mount namespace (a host file passed as stdout:
-/// only pipes are reconnected to the restoring caller's fds, as runc does), and the
-/// container's terminal (restore onto a new console is not supported yet). Pipes come back
-/// through the caller's fds; sockets and the like are left to the engine's own checks.
+/// only pipes are reconnected to the restoring caller's fds, as runc does). Pipes come back
+/// through the caller's fds, the terminal on a new console; sockets and the like are left to
+/// the engine's own checks.
 pub fn check_checkpointable(pid: i32, id: &str, descs: &[String]) -> Result<(), CrError> {
     for (fd, d) in descs.iter().enumerate() {
         match classify(d) {
@@ -83,19 +85,19 @@ pub fn check_checkpointable(pid: i32, id: &str, descs: &[String]) -> Result<(), 
                     ));
                 }
             }
-            StdioKind::Terminal(t) => {
-                return Err(CrError::unsupported(
-                    format!("checkpoint of container {id}"),
-                    format!(
-                        "stdio fd {fd} of the container init is its terminal {t}: restoring a \
-                         terminal container onto a new console from --console-socket"
-                    ),
-                ));
-            }
-            StdioKind::Pipe(_) | StdioKind::Other(_) => {}
+            StdioKind::Pipe(_) | StdioKind::Terminal(_) | StdioKind::Other(_) => {}
         }
     }
     Ok(())
+}
+
+/// Whether the init's stdio is the container's terminal: the pty slave whose master the
+/// console socket's receiver holds, outside the tree (dumped as an external terminal, which
+/// is the engine's `shell_job` handling of ttys).
+pub fn has_terminal(descs: &[String]) -> bool {
+    descs
+        .iter()
+        .any(|d| matches!(classify(d), StdioKind::Terminal(_)))
 }
 
 /// Writes descriptors.json into `dir`.
@@ -125,11 +127,14 @@ pub fn read(dir: &Path) -> Result<Vec<String>, CrError> {
 /// says whether ferry's own fd N is open. Checked before anything is created:
 /// - a pipe the images do not hold would be a new pipe nobody reads: refused (bad images);
 /// - a pipe with ferry's fd N closed has nothing to be reconnected to: refused, naming N;
-/// - a terminal needs a new console from `--console-socket`, not supported yet;
+/// - a terminal is restored onto the new console libcontainer makes for the init (its master
+///   sent to `--console-socket`, its slave on the init's fds 0..2): the images' `tty[RDEV:DEV]`
+///   of that terminal is inherited from the init's fd N; without `--console-socket`, refused;
 /// - anything else (a socket, an anonymous inode) cannot be reconnected.
 pub fn inherit_list(
     descs: &[String],
     offered: &BTreeSet<String>,
+    console_socket: bool,
     fd_open: impl Fn(i32) -> bool,
 ) -> Result<Vec<InheritFd>, CrError> {
     let mut out = Vec::new();
@@ -159,13 +164,26 @@ pub fn inherit_list(
                 out.push(InheritFd { fd, key });
             }
             StdioKind::Terminal(t) => {
-                return Err(CrError::unsupported(
-                    "restore",
-                    format!(
-                        "stdio fd {fd} was the container's terminal {t}: restoring a terminal \
-                         container onto a new console from --console-socket"
-                    ),
-                ));
+                if !console_socket {
+                    return Err(CrError::Refused {
+                        stage: "restore".into(),
+                        message: format!(
+                            "stdio fd {fd} was the container's terminal {t}: a terminal \
+                             container is restored onto a new console, which needs \
+                             --console-socket"
+                        ),
+                    });
+                }
+                out.push(InheritFd {
+                    fd,
+                    key: tty_key(&t, offered).ok_or_else(|| CrError::Refused {
+                        stage: "restore".into(),
+                        message: format!(
+                            "{DESCRIPTORS} says stdio fd {fd} was the terminal {t}, but the \
+                             images hold no such terminal"
+                        ),
+                    })?,
+                });
             }
             StdioKind::Other(o) => {
                 return Err(CrError::unsupported(
@@ -176,6 +194,25 @@ pub fn inherit_list(
         }
     }
     Ok(out)
+}
+
+/// The inherit key (`tty[RDEV:DEV]`) of terminal `path` among the images' keys: the one of
+/// the same pty index, or the only terminal the images hold.
+fn tty_key(path: &str, offered: &BTreeSet<String>) -> Option<String> {
+    let ttys: Vec<&String> = offered.iter().filter(|k| k.starts_with("tty[")).collect();
+    let by_index = path
+        .strip_prefix("/dev/pts/")
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|n| {
+            let rdev = libc::makedev(136 + n / 256, n % 256) as u32;
+            let prefix = format!("tty[{rdev:x}:");
+            ttys.iter().find(|k| k.starts_with(&prefix))
+        });
+    match (by_index, &ttys[..]) {
+        (Some(k), _) => Some(k.to_string()),
+        (None, [only]) => Some(only.to_string()),
+        _ => None,
+    }
 }
 
 /// Whether fd `fd` of this process is open.
@@ -211,7 +248,7 @@ mod tests {
         let descs: Vec<String> = ["pipe:[5]", "pipe:[6]", "/dev/null"]
             .map(String::from)
             .to_vec();
-        let l = inherit_list(&descs, &offered(&["pipe:[5]", "pipe:[6]"]), |_| true).unwrap();
+        let l = inherit_list(&descs, &offered(&["pipe:[5]", "pipe:[6]"]), false, |_| true).unwrap();
         assert_eq!(
             l,
             vec![
@@ -229,7 +266,7 @@ mod tests {
         let descs: Vec<String> = ["/dev/null", "pipe:[6]", "pipe:[6]"]
             .map(String::from)
             .to_vec();
-        let l = inherit_list(&descs, &offered(&["pipe:[6]"]), |_| true).unwrap();
+        let l = inherit_list(&descs, &offered(&["pipe:[6]"]), false, |_| true).unwrap();
         assert_eq!(l.iter().map(|i| i.fd).collect::<Vec<_>>(), vec![1, 2]);
     }
 
@@ -238,10 +275,10 @@ mod tests {
         let descs: Vec<String> = ["/dev/null", "pipe:[6]", "/dev/null"]
             .map(String::from)
             .to_vec();
-        let e = inherit_list(&descs, &offered(&["pipe:[7]"]), |_| true).unwrap_err();
+        let e = inherit_list(&descs, &offered(&["pipe:[7]"]), false, |_| true).unwrap_err();
         assert!(e.to_string().contains("pipe:[6]"), "{e}");
         assert!(e.to_string().contains("no such pipe"), "{e}");
-        let e = inherit_list(&descs, &offered(&["pipe:[6]"]), |fd| fd != 1).unwrap_err();
+        let e = inherit_list(&descs, &offered(&["pipe:[6]"]), false, |fd| fd != 1).unwrap_err();
         assert!(e.to_string().contains("ferry's own fd 1"), "{e}");
         assert!(e.to_string().contains("closed"), "{e}");
     }
@@ -256,27 +293,38 @@ mod tests {
             r#"["/dev/null","/dev/null","/dev/null"]"#
         );
         assert_eq!(read(d.path()).unwrap(), descs);
-        assert!(inherit_list(&descs, &BTreeSet::new(), |_| true)
+        assert!(inherit_list(&descs, &BTreeSet::new(), false, |_| true)
             .unwrap()
             .is_empty());
     }
 
     #[test]
-    fn terminals_and_sockets_are_refused_by_name() {
-        let e = inherit_list(
-            &["/dev/null".into(), "/dev/pts/3".into()],
-            &BTreeSet::new(),
-            |_| true,
-        )
-        .unwrap_err();
+    fn a_terminal_is_inherited_from_the_new_console_by_its_key() {
+        let descs: Vec<String> = ["/dev/pts/1"; 3].map(String::from).to_vec();
+        let keys = offered(&["pipe:[3]", "tty[8800:18]", "tty[8801:18]"]);
+        let l = inherit_list(&descs, &keys, true, |_| true).unwrap();
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|i| i.key == "tty[8801:18]"), "{l:?}");
+        // Without --console-socket there is nowhere to put the console: refused by name.
+        let e = inherit_list(&descs, &keys, false, |_| true).unwrap_err();
         assert!(
             e.to_string()
-                .contains("fd 1 was the container's terminal /dev/pts/3"),
+                .contains("fd 0 was the container's terminal /dev/pts/1"),
             "{e}"
         );
         assert!(e.to_string().contains("--console-socket"), "{e}");
-        assert!(e.to_string().contains("not supported yet"), "{e}");
-        let e = inherit_list(&["socket:[9]".into()], &BTreeSet::new(), |_| true).unwrap_err();
+        // One terminal in the images is that terminal, whatever its index was.
+        let l = inherit_list(&descs, &offered(&["tty[8800:5]"]), true, |_| true).unwrap();
+        assert_eq!(l[0].key, "tty[8800:5]");
+        let e = inherit_list(&descs, &offered(&["pipe:[3]"]), true, |_| true).unwrap_err();
+        assert!(e.to_string().contains("no such terminal"), "{e}");
+    }
+
+    #[test]
+    fn sockets_are_refused_by_name() {
+        let e =
+            inherit_list(&["socket:[9]".into()], &BTreeSet::new(), false, |_| true).unwrap_err();
         assert!(e.to_string().contains("fd 0 was socket:[9]"), "{e}");
+        assert!(e.to_string().contains("not supported yet"), "{e}");
     }
 }
