@@ -329,16 +329,12 @@ mod tests {
         );
         assert_eq!(mine & libc::O_ACCMODE, libc::O_WRONLY);
         // SAFETY: a write of 3 bytes from a static buffer to our fd.
-        assert_eq!(
-            unsafe { libc::write(fd.as_raw_fd(), b"abc".as_ptr().cast(), 3) },
-            3
-        );
+        let wrote = unsafe { libc::write(fd.as_raw_fd(), b"abc".as_ptr().cast(), 3) };
+        assert_eq!(wrote, 3);
         let mut buf = [0u8; 3];
         // SAFETY: reading into `buf`.
-        assert_eq!(
-            unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 3) },
-            3
-        );
+        let got = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 3) };
+        assert_eq!(got, 3);
         assert_eq!(&buf, b"abc");
         assert_eq!(inherit_key(&entry), "pipe:[5]");
     }
