@@ -1,7 +1,8 @@
 //! `criu restore --inherit-fd fd[N]:pipe:[INO]`: a process whose stdout is a pipe to the test
 //! is dumped, and restored with its stdout reconnected to a new pipe ferry-criu was handed as
 //! its own fd 1, twice in a row. Checked from the inside: the workload's count carries on from
-//! where it stopped, on the new pipe.
+//! where it stopped, on the new pipe. And CRIU's other classic: a stdout log file swapped for a
+//! new one (`--inherit-fd fd[1]:PATH`).
 
 mod restore_common;
 mod workload;
@@ -190,4 +191,102 @@ fn drain(r: &mut BufReader<std::fs::File>, last: &mut u64) {
             *last = n;
         }
     }
+}
+
+/// The count carried on in `path` (a log the workload appends to): the first count there.
+fn first_count_in(path: &Path) -> u64 {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(n) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("count "))
+            .and_then(|n| n.parse().ok())
+        {
+            return n;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "nothing written to {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn inherit_fd_swaps_a_stdout_log_file_for_a_new_one() {
+    let _g = lock();
+    setup();
+    let bin = workload::build("stdio_counter.c", "stdio_counter", &["-O1"]);
+    let work = tempfile::tempdir().unwrap();
+    let old_log = work.path().join("old.log");
+    let new_log = work.path().join("new.log");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&old_log)
+        .unwrap();
+    let mut c = Command::new(&bin);
+    c.stdin(Stdio::null()).stdout(f).stderr(Stdio::null());
+    // SAFETY: setsid and close_range in the child between fork and exec touch no shared state.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let child = c.spawn().expect("start the workload");
+    drop(c);
+    let pid = child.id();
+    std::mem::forget(child); // reaped by pid
+    let _k = Killer(vec![pid]);
+    first_count_in(&old_log);
+    std::thread::sleep(Duration::from_millis(100));
+    let d = tempfile::tempdir().unwrap();
+    dump(pid, d.path());
+    let stopped: u64 = std::fs::read_to_string(&old_log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
+        .last()
+        .expect("counts in the old log");
+    let nf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&new_log)
+        .unwrap();
+    // CRIU's key for a file: its path relative to the root.
+    let key = old_log
+        .to_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let out = restore_onto(d.path(), nf.into(), &[format!("fd[1]:{key}")]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_of(d.path())
+    );
+    assert_runs(pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(),
+        new_log,
+        "the restored stdout is the new log"
+    );
+    assert_eq!(
+        first_count_in(&new_log),
+        stopped + 1,
+        "the count carries on"
+    );
+    let len = std::fs::metadata(&old_log).unwrap().len();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        std::fs::metadata(&old_log).unwrap().len(),
+        len,
+        "nothing more goes to the old log"
+    );
 }

@@ -33,6 +33,9 @@ use crate::stage::Stage;
 ///   caller should exit with it (the plan's fds and the restore range reservation are left to
 ///   the process exit). Its fds may already have been replaced by the root's own (they are
 ///   installed last in its preparation): report through the returned error or `status_fd`;
+/// - `opts.inherit_fds` may name the caller's own fds 0..2 (a container runtime's stdio pipes
+///   or console): the plan copies every inherited fd above the images' fd numbers before it
+///   opens anything, so installing the root's fds over 0..2 loses nothing;
 /// - on success it never returns: the caller *is* the restored PID 1. If `status_fd` is given,
 ///   one line is written to it once the whole tree runs (`ok <ns pids...>`) or when a failure
 ///   after the point of no return tore the namespace down (`error: <message>`); the fd is then
