@@ -250,8 +250,8 @@ fn inherit_fd_swaps_a_stdout_log_file_for_a_new_one() {
     let stopped: u64 = std::fs::read_to_string(&old_log)
         .unwrap()
         .lines()
-        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("count ")?.parse().ok())
         .expect("counts in the old log");
     let nf = std::fs::OpenOptions::new()
         .create(true)
