@@ -542,9 +542,23 @@ fn podman_checkpoint_leave_running_then_export_and_import_with_ferry() {
     pm.track_runtime_pid(&cid);
     wait_logged(&pm, &name, 3);
 
-    // --leave-running: the images are written and the container counts on.
-    pm.run(&["container", "checkpoint", "--leave-running", &name])
+    // --leave-running: the images are written and the container counts on; podman reads
+    // the engine's statistics from ferry's stats-dump.
+    let o = pm
+        .run(&[
+            "container",
+            "checkpoint",
+            "--leave-running",
+            "--print-stats",
+            &name,
+        ])
         .ok();
+    let stats = o.json();
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(
+        criu["pages_written"].as_u64().unwrap_or(0) > 0 && criu["frozen_time"].as_u64().is_some(),
+        "--print-stats shows ferry's dump statistics: {stats}"
+    );
     assert_eq!(pm.status(&name), "running");
     let after = *logged_counts(&pm, &name).last().unwrap();
     wait_logged(&pm, &name, after + 3);
