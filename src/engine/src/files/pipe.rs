@@ -296,7 +296,9 @@ fn reopen(end: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
         .read(acc != libc::O_WRONLY)
         .write(acc != libc::O_RDONLY)
         // O_NONBLOCK keeps the open from waiting for a peer; the caller sets the entry's own.
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        // O_NOCTTY: an inherited fd may be a terminal where the image had a pipe, and a session
+        // leader opening it must not take it as its controlling terminal.
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", end.as_raw_fd()))?;
     Ok(f.into())
 }
