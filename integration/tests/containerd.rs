@@ -435,6 +435,8 @@ fn containerd_checkpoints_a_ferry_task_and_restores_it_into_a_new_container_twic
     let now = out.wait_count(0);
     out.wait_count(now + 3);
 
+    // Round 1 restores under the same id, round 2 under a new one (the migration case).
+    let mut id = id;
     for round in 1..=2 {
         // The checkpoint image carries the spec, the runtime and its options (ferry as the
         // shim's BinaryName) and the task's images; the task runs on meanwhile.
@@ -455,6 +457,9 @@ fn containerd_checkpoints_a_ferry_task_and_restores_it_into_a_new_container_twic
         );
         c.ctr(&["task", "delete", &id]).ok();
         c.ctr(&["container", "delete", &id]).ok();
+        if round == 2 {
+            id = env.id("k2");
+        }
 
         // A new container from the checkpoint image; the shim hands `ferry restore` new stdio
         // pipes, and the restored counter's lines carry on from where the checkpoint caught
