@@ -395,3 +395,53 @@ fn cr_restore_of_a_terminal_container_onto_a_new_console() {
     ferry_null(&env, &["delete", "-f", &id]).ok();
     assert_nothing_left(&env, &b, &id);
 }
+
+/// Attached `restore` (no `-d`): the same pipes, and ferry waits for the restored init and
+/// exits with its status (SIGKILL: 137), as `run` does.
+#[test]
+fn cr_restore_attached_reconnects_the_pipe_and_exits_with_the_container() {
+    let env = TestEnv::new("crpipe5");
+    let id = env.id("c");
+    let b = counter_bundle(&env, &id);
+    let old = Lines::of(start_on_pipe(&env, &b));
+    let first = old.next_count();
+    let img = env.dir.join("img");
+    checkpoint(&env, &id, &img, &[]).ok();
+    let last = old.last_count().unwrap_or(first).max(first);
+    let (r, w) = pipe();
+    let mut c = env.command();
+    c.args([
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        b.path.to_str().unwrap(),
+        &id,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::from(w))
+    .stderr(Stdio::null());
+    env.track_id(&id);
+    let mut ferry = c.spawn().expect("spawn ferry restore");
+    drop(c);
+    env.track_pid(ferry.id() as i32);
+    let out = Lines::of(r);
+    let n = out.next_count();
+    assert!(n > last && n <= last + 20, "count {n} after {last}");
+    track_state_pid(&env, &id).expect("a pid");
+    assert_eq!(env.status(&id), "running");
+    env.ferry(&["kill", &id, "KILL"]).ok();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = ferry.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "ferry restore did not return"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(137), "exit status of the killed init");
+    assert_nothing_left(&env, &b, &id);
+}
