@@ -80,7 +80,7 @@ pub struct RestoreExecutor {
     pub timeout: std::time::Duration,
     /// restore.log verbosity.
     pub log_level: u8,
-    /// The init's own fds (ferry's, inherited) standing for the images' stdio pipes.
+    /// The init's own fds 0..2 (ferry's pipes, or its new console) standing for the images' stdio.
     pub inherit_fds: Vec<ferry_engine::files::inherit::InheritFd>,
 }
 
