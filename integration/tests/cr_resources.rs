@@ -267,8 +267,6 @@ fn cr_sysv_shm_sem_msg_in_container_ipc_ns_twice() {
 
 /// The same with the segment attached (mapped) in the init across the checkpoints.
 #[test]
-#[ignore = "needs: SysV shared memory mappings in the tree dump (mem::dump refuses /SYSV* VMAs \
-            on this branch; the maps branch adds them)"]
 fn cr_sysv_shm_attached_in_container_ipc_ns_twice() {
     sysv_ipc_twice("cripcat", &["sysv_ipc", "2", "attached"]);
 }

@@ -4,7 +4,7 @@
 //! `runc run -d </dev/null >/dev/null` give them: descriptors.json then names `/dev/null`
 //! three times, which the restore reopens inside the container, exactly like the runc+CRIU
 //! fixture `runc-busybox`. (A host file as stdout cannot be checkpointed by runc+CRIU either;
-//! caller pipes need the engine's inherit-fd: see `cr_stdio.rs`.)
+//! caller pipes are reconnected through the engine's inherit-fd: see `cr_stdio.rs`.)
 
 #![allow(dead_code)]
 

@@ -88,6 +88,9 @@ pub struct Options {
     pub pid_wait: Duration,
     /// The caller is PID 1 of a fresh pid namespace and becomes the root (see pidns::inplace).
     pub in_place: bool,
+    /// Fds of the calling process that stand for files of the images (CRIU's
+    /// `--inherit-fd fd[N]:KEY`; see files::inherit): a container's stdio pipes.
+    pub inherit_fds: Vec<files::inherit::InheritFd>,
 }
 
 impl Options {
@@ -99,6 +102,7 @@ impl Options {
             timeout: Duration::from_secs(30),
             pid_wait: Duration::from_secs(3),
             in_place: false,
+            inherit_fds: Vec::new(),
         }
     }
 }
@@ -408,9 +412,30 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
         .map(|(_, f)| f.fd as i32)
         .max()
         .unwrap_or(2);
-    let opened =
-        files::restore::prepare(&dir, &files, &needs, opts.shell_job, (max_fd + 1).max(16))
-            .map_err(stage_err("open files"))?;
+    let opened = files::restore::prepare(
+        &dir,
+        &files,
+        &needs,
+        opts.shell_job,
+        &opts.inherit_fds,
+        (max_fd + 1).max(16),
+    )
+    .map_err(stage_err("open files"))?;
+    for i in &opened.inherit_unused {
+        // CRIU closes such an fd silently; a caller who named a file that is not there
+        // should at least find out why its fd was not used.
+        log.warn(&format!(
+            "inherit-fd fd[{}]:{} matches no file of the images; the fd is not used",
+            i.fd, i.key
+        ));
+    }
+    for id in &opened.pipes_unconnected {
+        log.warn(&format!(
+            "pipe:[{id}] has no end of the other direction in the tree (it was held outside \
+             or closed) and no inherit-fd names it: it comes back unconnected (reads see \
+             EOF, writes EPIPE)"
+        ));
+    }
     log.stage("open files", t);
     let priv_max = tasks.iter().map(|t| priv_size(&vdso, t)).max().unwrap_or(0);
     let len = Ctl::size_for(tasks.len()) as u64 + priv_max;

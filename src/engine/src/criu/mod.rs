@@ -4,6 +4,7 @@ pub mod check;
 pub mod common;
 pub mod dump_cli;
 pub mod restore_cli;
+pub mod swrk;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ pub enum CriuCommand {
     Restore(restore_cli::RestoreArgs),
     /// Report which kernel features ferry's engine uses are present.
     Check(check::CheckArgs),
+    /// Serve CRIU's RPC on an inherited SOCK_SEQPACKET fd (go-criu's `criu swrk FD`).
+    Swrk(swrk::SwrkArgs),
 }
 
 /// Runs the criu face; returns the exit code.
@@ -35,6 +38,7 @@ pub fn run(args: &CriuArgs) -> anyhow::Result<i32> {
         CriuCommand::Dump(a) => dump_cli::run(a),
         CriuCommand::Restore(a) => restore_cli::run(a),
         CriuCommand::Check(a) => check::run(a),
+        CriuCommand::Swrk(a) => swrk::run(a),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `criu restore`: CRIU's own command line for ferry's restore engine.
 //!
-//! `criu restore -D DIR [-d|--restore-detached] [--pidfile F] [--shell-job] [-W DIR]
-//! [-o LOG] [-v[N]]`. The log options are dump's ([`super::common`]); stats-restore goes to the
+//! `criu restore -D DIR [-d|--restore-detached] [--pidfile F] [--shell-job]
+//! [--inherit-fd fd[N]:KEY ...] [-W DIR] [-o LOG] [-v[N]]`. The log options are dump's ([`super::common`]); stats-restore goes to the
 //! work directory (default: the image directory), as CRIU does; `--pidfile` gets the root's pid.
 //! Without `-d` ferry waits for the restored root and exits with its status.
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::common::LogArgs;
+use crate::files::inherit::InheritFd;
 use crate::log::INFO;
 use crate::restore::{self, Options};
 
@@ -47,6 +48,10 @@ pub struct RestoreArgs {
     /// Accepted: file locks in the images (file-locks.img) are always taken again.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
+    /// `fd[N]:KEY`: ferry's fd N stands for the image file KEY (`pipe:[INO]`, a path relative
+    /// to the root, `tty[RDEV:DEV]`); repeatable, CRIU's syntax.
+    #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
+    pub inherit_fd: Vec<String>,
 }
 
 /// Runs `criu restore`; returns the exit code.
@@ -57,6 +62,12 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
             bail!("criu restore: {e}");
         }
     }
+    let inherit_fds = args
+        .inherit_fd
+        .iter()
+        .map(|a| a.parse::<InheritFd>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("criu restore: {e}"))?;
     let work = args.log.work_dir(&args.images_dir);
     let mut log = args.log.open(&args.images_dir)?;
     log.line(
@@ -65,6 +76,7 @@ pub fn run(args: &RestoreArgs) -> anyhow::Result<i32> {
     );
     let mut opts = Options::new(&args.images_dir);
     opts.shell_job = args.shell_job;
+    opts.inherit_fds = inherit_fds;
     opts.timeout = Duration::from_secs(args.timeout.max(1));
     let out = match restore::restore(&opts, &mut log) {
         Ok(o) => o,

@@ -13,7 +13,9 @@
 //! Layout: [`dump`] and [`restore`] are small dispatchers by fd kind; each kind lives in one
 //! module holding both halves ([`reg`], [`pipe`], [`fifo`], [`tty`], [`pty`], [`eventfd`],
 //! [`epoll`], [`signalfd`], [`timerfd`], [`inotify`], [`fanotify`], [`memfd`], [`pidfd`],
-//! [`locks`]); [`mapped`] gives the files behind memory mappings their entries.
+//! [`locks`]); [`mapped`] gives the files behind memory mappings their entries. [`inherit`] lets
+//! the caller hand in fds that stand for files of the images (CRIU's `--inherit-fd`: a
+//! container's stdio pipes and terminal).
 //! Sockets (`unix*`, `inet*`, `tcp`) hook in through one match arm in each dispatcher. SysV IPC
 //! objects are not files and, as in CRIU, are not dumped for a tree in the host IPC namespace
 //! (a container's IPC namespace is dumped whole by `crate::ipc`).
@@ -24,6 +26,7 @@ pub mod eventfd;
 pub mod fanotify;
 pub mod fifo;
 pub mod inet;
+pub mod inherit;
 pub mod inotify;
 pub mod locks;
 pub mod mapped;

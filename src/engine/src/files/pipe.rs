@@ -216,6 +216,57 @@ impl Pipes {
     }
 }
 
+/// The key a caller names this pipe by to inherit it (CRIU's `pipe:[INO]`, INO the pipe's id
+/// in the images, its inode at dump time).
+pub fn inherit_key(p: &pb::PipeEntry) -> String {
+    format!("pipe:[{}]", p.pipe_id)
+}
+
+/// The description of a pipe end inherited as `src`: a new open of the caller's pipe with the
+/// entry's access mode and O_NONBLOCK (CRIU's reopen), so the caller's own description keeps
+/// its flags. A pipe that cannot be reopened so (a write end whose readers are all gone answers
+/// ENXIO) is shared with the caller instead (a dup, flags as the caller set them).
+pub fn open_inherited(src: &OwnedFd, p: &pb::PipeEntry) -> Result<OwnedFd, RestoreError> {
+    let what = inherit_key(p);
+    let fd = match reopen(src, p.flags as i32) {
+        Ok(fd) => fd,
+        Err(_) => {
+            return src.try_clone().map_err(|e| RestoreError::Sys {
+                op: "dup of the inherited fd for",
+                path: what,
+                source: e,
+            })
+        }
+    };
+    // SAFETY: F_SETFL on an fd we own (the new description only).
+    if unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            p.flags as i32 & libc::O_NONBLOCK,
+        )
+    } < 0
+    {
+        return Err(sys("F_SETFL on the inherited", &what));
+    }
+    Ok(fd)
+}
+
+/// The pipes of the images that have ends of one direction only: their other end was outside
+/// the tree (a caller's stdio pipe). Without an inherited fd for them they come back as new
+/// pipes nobody else holds: a read sees EOF, a write EPIPE.
+pub fn one_sided(files: &BTreeMap<u32, pb::FileEntry>) -> Vec<u32> {
+    let mut dirs: BTreeMap<u32, [bool; 2]> = BTreeMap::new();
+    for p in files.values().filter_map(|f| f.pipe.as_ref()) {
+        let w = usize::from(p.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY);
+        dirs.entry(p.pipe_id).or_default()[w] = true;
+    }
+    dirs.into_iter()
+        .filter(|(_, d)| d[0] != d[1])
+        .map(|(id, _)| id)
+        .collect()
+}
+
 /// Writes all of `bytes` into a pipe or FIFO that has room for them.
 pub fn write_all(wr: &OwnedFd, bytes: &[u8], what: &str) -> Result<(), RestoreError> {
     let mut done = 0;
@@ -245,7 +296,9 @@ fn reopen(end: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
         .read(acc != libc::O_WRONLY)
         .write(acc != libc::O_RDONLY)
         // O_NONBLOCK keeps the open from waiting for a peer; the caller sets the entry's own.
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        // O_NOCTTY: an inherited fd may be a terminal where the image had a pipe, and a session
+        // leader opening it must not take it as its controlling terminal.
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", end.as_raw_fd()))?;
     Ok(f.into())
 }
@@ -253,6 +306,68 @@ fn reopen(end: &OwnedFd, flags: i32) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inherited_end_is_a_new_description_of_the_callers_pipe() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let entry = pb::PipeEntry {
+            pipe_id: 5,
+            flags: (libc::O_WRONLY | libc::O_NONBLOCK) as u32,
+            ..Default::default()
+        };
+        let fd = open_inherited(&w, &entry).unwrap();
+        // SAFETY: F_GETFL on fds we own.
+        let (mine, theirs) = unsafe {
+            (
+                libc::fcntl(fd.as_raw_fd(), libc::F_GETFL),
+                libc::fcntl(w.as_raw_fd(), libc::F_GETFL),
+            )
+        };
+        assert_ne!(mine & libc::O_NONBLOCK, 0, "the entry's O_NONBLOCK");
+        assert_eq!(
+            theirs & libc::O_NONBLOCK,
+            0,
+            "the caller's description untouched"
+        );
+        assert_eq!(mine & libc::O_ACCMODE, libc::O_WRONLY);
+        // SAFETY: a write of 3 bytes from a static buffer to our fd.
+        let wrote = unsafe { libc::write(fd.as_raw_fd(), b"abc".as_ptr().cast(), 3) };
+        assert_eq!(wrote, 3);
+        let mut buf = [0u8; 3];
+        // SAFETY: reading into `buf`.
+        let got = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 3) };
+        assert_eq!(got, 3);
+        assert_eq!(&buf, b"abc");
+        assert_eq!(inherit_key(&entry), "pipe:[5]");
+    }
+
+    #[test]
+    fn pipes_with_one_direction_only_are_found() {
+        let end = |id, pipe_id, flags: i32| {
+            (
+                id,
+                pb::FileEntry {
+                    id,
+                    pipe: Some(pb::PipeEntry {
+                        id,
+                        pipe_id,
+                        flags: flags as u32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        };
+        let files: BTreeMap<u32, pb::FileEntry> = [
+            end(1, 10, libc::O_RDONLY),
+            end(2, 10, libc::O_WRONLY),
+            end(3, 11, libc::O_WRONLY),
+            end(4, 12, libc::O_RDONLY | libc::O_NONBLOCK),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(one_sided(&files), vec![11, 12]);
+    }
 
     #[test]
     fn pipe_data_is_copied_not_consumed() {

@@ -444,6 +444,11 @@ fn open_new(path: &std::path::Path, mode: u32) -> std::io::Result<File> {
         .open(path)
 }
 
+/// The key a caller names this file by to inherit it: CRIU's, the path relative to the root.
+pub fn inherit_key(r: &pb::RegFileEntry) -> String {
+    r.name.trim_start_matches('/').to_string()
+}
+
 /// Opens a REG description as the image recorded it and checks it is the same file; a ghost
 /// opens its re-created file.
 pub fn open(

@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use ferry_images::{pb, ImageDir};
 use thiserror::Error;
 
+use super::inherit::{self, InheritFd, Inherited};
 use super::{
     epoll, eventfd, fanotify, fifo, inotify, memfd, pipe, pty, reg, signalfd, timerfd, tty,
 };
@@ -114,7 +115,9 @@ pub(crate) fn owned(n: i32, op: &'static str, what: &str) -> Result<OwnedFd, Res
 }
 
 /// tty-info.img by id.
-fn load_tty_infos(dir: &ImageDir) -> Result<BTreeMap<u32, pb::TtyInfoEntry>, RestoreError> {
+pub(crate) fn load_tty_infos(
+    dir: &ImageDir,
+) -> Result<BTreeMap<u32, pb::TtyInfoEntry>, RestoreError> {
     if !dir.has("tty-info.img") {
         return Ok(BTreeMap::new());
     }
@@ -159,6 +162,10 @@ pub struct Opened {
     /// TCP and UDP sockets; established connections stay in repair mode until
     /// `inet::restore::leave_repair`.
     pub inet: super::inet::restore::Sockets,
+    /// Inherited fds whose key matched no file of the images (for the log).
+    pub inherit_unused: Vec<InheritFd>,
+    /// Pipes with one end outside the tree and no inherited fd: restored unconnected.
+    pub pipes_unconnected: Vec<u32>,
 }
 
 /// The fown entry of any kind of files.img entry.
@@ -246,16 +253,25 @@ pub struct Prep<'a> {
     pub unix: super::unix::restore::Sockets,
     /// Stand-ins for the dead processes of pidfds opened here.
     pub dead_pids: super::pidfd::Dead,
+    /// Fds handed in by the caller (`--inherit-fd`), by key.
+    pub inherit: Inherited,
 }
 
-/// Opens everything in `needs` (coordinator side, before forking).
+/// Opens everything in `needs` (coordinator side, before forking); `inherit` are the caller's
+/// fds standing for files of the images (see [`inherit`]).
 pub fn prepare(
     dir: &ImageDir,
     files: &BTreeMap<u32, pb::FileEntry>,
     needs: &Needs,
     shell_job: bool,
+    inherit_fds: &[InheritFd],
     min_fd: RawFd,
 ) -> Result<Opened, RestoreError> {
+    // First of all, before anything may take or replace low fd numbers.
+    let inherit = Inherited::new(inherit_fds, min_fd).map_err(|e| RestoreError::Image {
+        what: "inherited fds".into(),
+        source: Box::new(e),
+    })?;
     let tty_infos = load_tty_infos(dir)?;
     let pty_masters = pty::masters_in(files, &tty_infos);
     let mut p = Prep {
@@ -272,6 +288,7 @@ pub fn prepare(
         out: Opened::default(),
         unix: Default::default(),
         dead_pids: Default::default(),
+        inherit,
     };
     let dead_in_tasks = super::pidfd::dead_in_tasks(needs);
     for (pid, fi) in &needs.fds {
@@ -300,6 +317,17 @@ pub fn prepare(
     p.pipes.fill(dir)?;
     p.ptys.finish(dir, files, &p.tty_infos)?;
     p.dead_pids.finish()?;
+    p.out.inherit_unused = p.inherit.unused();
+    p.out.pipes_unconnected = pipe::one_sided(files)
+        .into_iter()
+        .filter(|&id| {
+            let key = pipe::inherit_key(&pb::PipeEntry {
+                pipe_id: id,
+                ..Default::default()
+            });
+            !p.inherit.has(&key)
+        })
+        .collect();
     p.out.locks = super::locks::load(dir)?;
     for (&id, &flags) in &needs.maps {
         let f = files.get(&id).ok_or_else(|| RestoreError::NoFile {
@@ -339,6 +367,18 @@ pub(crate) fn open_fd(
     fi: &pb::FdinfoEntry,
     f: &pb::FileEntry,
 ) -> Result<OwnedFd, RestoreError> {
+    if !p.inherit.is_empty() {
+        if let Some(key) = inherit::key_of(f, &p.tty_infos) {
+            if let Some(src) = p.inherit.take(&key) {
+                // A session's terminal taken from outside is still its controlling terminal.
+                let info = f.tty.as_ref().and_then(|t| p.tty_infos.get(&t.tty_info_id));
+                if let Some(i) = info.filter(|i| i.sid != 0) {
+                    p.out.cttys.insert(f.id, (i.sid, i.pgrp));
+                }
+                return inherit::open(f, src, &key);
+            }
+        }
+    }
     let ty = pb::FdTypes::try_from(f.r#type).ok();
     let missing = || RestoreError::Image {
         what: "files.img".into(),

@@ -123,7 +123,8 @@ pub(crate) fn info_of(
             ws_ypixel: ws.ws_ypixel.into(),
         }),
         pty: pty.map(|index| pb::TtyPtyEntry { index }),
-        dev: None,
+        // The device's filesystem (devpts instance): with rdev, CRIU's key for inheriting it.
+        dev: Some(fd.md.dev() as u32),
         uid: Some(fd.md.uid()),
         gid: Some(fd.md.gid()),
     });
@@ -131,6 +132,11 @@ pub(crate) fn info_of(
 }
 
 // ---- restore ----
+
+/// The key a caller names this terminal by to inherit it: CRIU's `tty[RDEV:DEV]`, in hex.
+pub fn inherit_key(info: &pb::TtyInfoEntry) -> String {
+    format!("tty[{:x}:{:x}]", info.rdev, info.dev.unwrap_or(0))
+}
 
 /// The caller's terminal (ferry's stdin) for a TTY entry, with `--shell-job` only.
 pub fn open(pid: u32, fd: u32, shell_job: bool) -> Result<OwnedFd, RestoreError> {

@@ -59,6 +59,9 @@ pub(crate) const MSG_SEIZED: &[u8] = b"seized";
 ///   in PID 1's stage slot after it). The caller should just exit: its fds may already be the
 ///   tree's (installed last in its preparation), so it must not write to any of them (not
 ///   even `log`'s), and the plan is leaked on purpose;
+/// - `opts.inherit_fds` may name the caller's own fds 0..2 (a container runtime's stdio pipes
+///   or console): the plan copies every inherited fd above the images' fd numbers before it
+///   opens anything, so installing the root's fds over 0..2 loses nothing;
 /// - on success it never returns: the caller *is* the restored PID 1.
 pub fn restore_in_place(
     opts: &Options,

@@ -96,7 +96,9 @@ fn checkpoint(
         images_dir: paths.images.clone(),
         work_dir: Some(paths.work.clone()),
         leave_running: opts.common.leave_running,
-        shell_job: opts.common.shell_job,
+        // The container's terminal (pty master outside the tree) is dumped as an external
+        // terminal, which is what the engine's shell-job handling of ttys does.
+        shell_job: opts.common.shell_job || cr_stdio::has_terminal(&descs),
         ext_unix_sk: opts.common.ext_unix_sk,
         file_locks: opts.common.file_locks,
         tcp_established: opts.common.tcp_established,

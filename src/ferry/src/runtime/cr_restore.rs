@@ -171,15 +171,38 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
             },
         )?;
     }
-    cr_stdio::check_restorable(&descs, opts.console_socket.is_some()).map_err(|e| match e {
+    // Stdio pipes come back on ferry's own fds of the same numbers (the init inherits them).
+    let offered = ferry_images::ImageDir::open(&paths.images)
+        .map_err(|e| e.to_string())
+        .and_then(|d| ferry_engine::files::inherit::keys_in(&d).map_err(|e| e.to_string()))
+        .map_err(|problem| CrError::BadImages {
+            id: id.to_string(),
+            path: paths.images.clone(),
+            problem,
+        })?;
+    let inherit_fds = cr_stdio::inherit_list(
+        &descs,
+        &offered,
+        opts.console_socket.is_some(),
+        cr_stdio::own_fd_open,
+    )
+    .map_err(|e| match e {
         CrError::NotSupported { what, .. } => CrError::NotSupported {
             stage: stage.clone(),
             what,
         },
+        CrError::Refused { message, .. } => CrError::Refused {
+            stage: stage.clone(),
+            message,
+        },
         other => other,
     })?;
     let bundle = cr_spec::bundle_dir(opts.bundle.as_deref())?;
-    let rb = cr_spec::prepare(&bundle)?;
+    // A terminal container's init gets a new console; its master goes to --console-socket.
+    let console = cr_stdio::has_terminal(&descs)
+        .then(|| opts.console_socket.clone())
+        .flatten();
+    let rb = cr_spec::prepare(&bundle, console.is_some())?;
     std::fs::create_dir_all(&paths.work)
         .map_err(CrError::io("create work directory", &paths.work))?;
     let images_fd = open_dir(&paths.images)?;
@@ -192,9 +215,10 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         status_fd: status_w.as_raw_fd(),
         timeout: TASK_TIMEOUT,
         log_level: ferry_engine::log::INFO,
+        inherit_fds,
     };
-    let built = build(ctx, id, rb.path(), opts.no_pivot, exec);
-    // The init holds its own copy now; ours must go so that EOF means the init is gone.
+    let built = build(ctx, id, rb.path(), opts.no_pivot, console.as_deref(), exec);
+    // The init holds its own copies now; ours must go so that EOF means the init is gone.
     drop(status_w);
     drop(log_file);
     let mut container = match built {
@@ -234,6 +258,7 @@ fn build(
     id: &str,
     bundle: &Path,
     no_pivot: bool,
+    console_socket: Option<&Path>,
     exec: RestoreExecutor,
 ) -> Result<Container, CrError> {
     let stage = format!("create container {id} for its restore");
@@ -244,6 +269,7 @@ fn build(
     std::fs::create_dir_all(&ctx.root).map_err(CrError::io("create state root", &ctx.root))?;
     ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(exec)
+        .with_console_socket(console_socket)
         .with_root_path(&ctx.root)
         .map_err(err)?
         .validate_id()

@@ -7,7 +7,8 @@
 //! credentials, capabilities and seccomp filters from the images, as with runc+CRIU where CRIU
 //! restores them. So the restore config keeps everything else (namespaces, mounts, cgroups,
 //! hostname, devices, hooks) and differs only in: the init's capabilities (ferry's permitted set),
-//! no seccomp, no LSM labels, no terminal (stdio comes from descriptors.json), and absolute
+//! no seccomp, no LSM labels, no terminal (stdio comes from descriptors.json; a terminal
+//! container gets a new console whose slave stands for its old terminal), and absolute
 //! rootfs and bind-source paths (the config is written outside the bundle).
 
 use std::path::{Path, PathBuf};
@@ -28,8 +29,9 @@ impl RestoreBundle {
     }
 }
 
-/// Writes the restore config for `bundle` into a fresh temporary directory.
-pub fn prepare(bundle: &Path) -> Result<RestoreBundle, CrError> {
+/// Writes the restore config for `bundle` into a fresh temporary directory; with `terminal`
+/// the init gets a new console (a terminal container restored with `--console-socket`).
+pub fn prepare(bundle: &Path, terminal: bool) -> Result<RestoreBundle, CrError> {
     let config = bundle.join("config.json");
     let text = std::fs::read(&config).map_err(CrError::io("read bundle config", &config))?;
     let mut spec: Value = serde_json::from_slice(&text).map_err(|source| CrError::Json {
@@ -38,6 +40,9 @@ pub fn prepare(bundle: &Path) -> Result<RestoreBundle, CrError> {
     })?;
     let caps = own_capabilities()?;
     adjust(&mut spec, bundle, &caps);
+    if terminal {
+        spec["process"]["terminal"] = Value::Bool(true);
+    }
     let dir = tempfile::Builder::new()
         .prefix("ferry-restore-")
         .tempdir()

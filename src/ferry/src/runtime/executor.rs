@@ -81,6 +81,8 @@ pub struct RestoreExecutor {
     pub timeout: std::time::Duration,
     /// restore.log verbosity.
     pub log_level: u8,
+    /// The init's own fds 0..2 (ferry's pipes, or its new console) standing for the images' stdio.
+    pub inherit_fds: Vec<ferry_engine::files::inherit::InheritFd>,
 }
 
 impl Executor for RestoreExecutor {
@@ -101,6 +103,7 @@ impl Executor for RestoreExecutor {
         };
         let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
         opts.timeout = self.timeout;
+        opts.inherit_fds = self.inherit_fds.clone();
         match ferry_engine::pidns::inplace::restore_in_place(&opts, chan, &mut log) {
             Ok(never) => match never {},
             // The engine has reported it to ferry (on the socket or in its stage slot). The
