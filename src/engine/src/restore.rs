@@ -168,6 +168,8 @@ pub struct Plan {
     pub ns: NsMode,
     /// [`Options::pid_wait`], for the tasks that fork the children.
     pub pid_wait: Duration,
+    /// seccomp.img's filters (empty without one).
+    pub seccomp: Vec<pb::SeccompFilter>,
 }
 
 impl Plan {
@@ -303,6 +305,7 @@ fn check(
     files: &BTreeMap<u32, pb::FileEntry>,
     vdso: &CurrentVdso,
     opts: &Options,
+    seccomp: &[pb::SeccompFilter],
 ) -> Result<Needs, RestoreError> {
     let mut needs = Needs::default();
     let ns_tree = tasks.first().is_some_and(|t| t.entry.pid == 1);
@@ -336,18 +339,7 @@ fn check(
         {
             t.caps = creds::restore::check(pid, c).map_err(|e| task_err(e.to_string()))?;
         }
-        for (tid, c) in &t.cores {
-            if c.thread_core
-                .as_ref()
-                .and_then(|c| c.seccomp_mode)
-                .unwrap_or(0)
-                != 0
-            {
-                return Err(task_err(format!(
-                    "thread {tid}: a seccomp filter is not supported by ferry's restore yet"
-                )));
-            }
-        }
+        crate::seccomp::restore::check(&t.cores, seccomp).map_err(|e| task_err(e.to_string()))?;
         for (tid, c) in &t.cores[1..] {
             if c.thread_core.as_ref().and_then(|c| c.creds.as_ref())
                 != t.cores[0]
@@ -397,7 +389,8 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     log.stage("read images", t);
     let t = Instant::now();
     let vdso = CurrentVdso::read().map_err(stage_err("check"))?;
-    let needs = check(&mut tasks, &files, &vdso, opts)?;
+    let seccomp = crate::seccomp::restore::load(&dir).map_err(stage_err("read images"))?;
+    let needs = check(&mut tasks, &files, &vdso, opts, &seccomp)?;
     log.stage("check", t);
     let t = Instant::now();
     let max_fd = needs
@@ -435,6 +428,7 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
         verifier,
         ns,
         pid_wait: opts.pid_wait,
+        seccomp,
     })
 }
 
@@ -628,6 +622,13 @@ fn finish(
     for (_, t) in &live {
         for (tid, _) in &t.cores {
             fin::seize(host(*tid)?).map_err(ferr(t.entry.pid))?;
+            if crate::seccomp::restore::any(&t.cores) {
+                crate::seccomp::restore::suspend(host(*tid)?).map_err(|e| RestoreError::Task {
+                    pid: t.entry.pid,
+                    stage: "sigreturn",
+                    msg: e.to_string(),
+                })?;
+            }
         }
     }
     let insn = plan.priv_base() + restorer::RESTORER_SYSCALL_OFFSET as u64;
