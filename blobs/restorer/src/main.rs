@@ -8,7 +8,9 @@
 //! final addresses with `mremap` (pages move, nothing is copied), applies `madvise`, sets the mm
 //! fields (`PR_SET_MM_MAP`), clones the other threads with their tids (`clone3` + `set_tid`), and
 //! in every thread sets the robust list, clear_child_tid, FS/GS base and rseq, reports ready on the
-//! shared stage word, waits to be released, and calls `rt_sigreturn` on the frame ferry prepared
+//! shared stage word, waits to be released, installs its seccomp filters (or strict mode) and
+//! drops to its own capabilities (ferry traces it by then with seccomp suspended), and calls
+//! `rt_sigreturn` on the frame ferry prepared
 //! (registers, FPU/XSAVE state, blocked mask, sigaltstack). ferry then unmaps this range from the
 //! outside, under ptrace, before the task returns to user space.
 //! It never allocates, never formats, and talks to the kernel only through raw `syscall`.

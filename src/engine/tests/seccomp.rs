@@ -5,7 +5,7 @@
 //! were, a TSYNC still possible) and writes PASS or what failed. Between the cycles the test
 //! compares each thread's Seccomp / Seccomp_filters / NoNewPrivs / Cap* lines in /proc.
 //! Also: the dumpee's two stacked filters (one with SECCOMP_FILTER_FLAG_LOG), and a filter
-//! returning SECCOMP_RET_USER_NOTIF refused by name.
+//! returning SECCOMP_RET_USER_NOTIF refused by name at dump (the task runs on).
 
 mod restore_common;
 mod workload;
@@ -219,4 +219,41 @@ fn seccomp_dumpee_stacked_filters_with_log_flag_two_cycles() {
     std::thread::sleep(Duration::from_millis(50));
     two_cycles(pid, None);
     assert_runs(pid);
+}
+
+#[test]
+fn seccomp_user_notif_filter_fails_the_dump_by_name_and_the_task_runs_on() {
+    setup();
+    let bin = chains_bin(false);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_str().unwrap();
+    let pid = start(&bin, &["notif", dir], Some(&work.path().join("ready")));
+    let _k = Killer(vec![pid]);
+    let before = seccomp_view(pid);
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the dump of a USER_NOTIF filter succeeded"
+    );
+    assert!(
+        err.contains("SECCOMP_RET_USER_NOTIF") && err.contains(&pid.to_string()),
+        "error does not name the filter kind and thread: {err}"
+    );
+    assert_runs(pid);
+    assert_eq!(seccomp_view(pid), before);
+    // SAFETY: a signal by pid to the workload this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let res = work.path().join("result");
+    let t = Instant::now();
+    while !res.exists() {
+        assert!(exists(pid), "workload died while verifying");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no verdict from the workload"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
 }

@@ -14,6 +14,9 @@
  *   tsync      no_new_privs set; filter A, then two threads sharing it; after restore the main
  *              thread installs C with SECCOMP_FILTER_FLAG_TSYNC (needs every thread to share A's
  *              very filter object) and every thread must see getpgrp fail with 22.
+ *   notif      a filter returning SECCOMP_RET_USER_NOTIF for getppid, installed with
+ *              SECCOMP_FILTER_FLAG_NEW_LISTENER and its listener closed: a dump must refuse it
+ *              by name and leave the task running.
  *   libseccomp a libseccomp-made filter (default allow; getppid -> ERRNO 7, uname -> ERRNO 13
  *              only when its first argument is 0, personality(0xffffffff) allowed, every
  *              other personality value -> ERRNO 1), loaded as podman's runc would, no NNP.
@@ -230,6 +233,19 @@ int main(int argc, char **argv)
 		start(&ths[2], 7, 0, 22);
 		main_th.want_ppid = 7;
 		main_th.want_pgrp = 22;
+	} else if (!strcmp(mode, "notif")) {
+		struct sock_filter f[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog p = {4, f};
+		int fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &p);
+		if (fd < 0 || close(fd))
+			return 20;
+		/* Without a listener the kernel fails the syscall with ENOSYS. */
+		main_th.want_ppid = ENOSYS;
 	} else if (!strcmp(mode, "libseccomp")) {
 #ifdef WITH_LIBSECCOMP
 		scmp_filter_ctx c = seccomp_init(SCMP_ACT_ALLOW);
