@@ -638,7 +638,15 @@ fn finish(
         let mut held = Vec::new();
         for (tid, _) in &t.cores {
             let tid = host(*tid)?;
-            let h = fin::to_sigreturn_exit(tid, limit).map_err(ferr(t.entry.pid))?;
+            // A thread that died after its release: the blob's own report names the step.
+            let h = fin::to_sigreturn_exit(tid, limit).map_err(|e| match plan.ctl.message(*i) {
+                Some(m) => RestoreError::Task {
+                    pid: t.entry.pid,
+                    stage: "sigreturn",
+                    msg: format!("{e}: {m}"),
+                },
+                None => ferr(t.entry.pid)(e),
+            })?;
             held.push((tid, h));
         }
         let h =

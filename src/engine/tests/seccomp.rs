@@ -241,7 +241,10 @@ fn seccomp_user_notif_filter_fails_the_dump_by_name_and_the_task_runs_on() {
         err.contains("SECCOMP_RET_USER_NOTIF") && err.contains(&pid.to_string()),
         "error does not name the filter kind and thread: {err}"
     );
-    assert_runs(pid);
+    // Not stopped, not traced: the verdict below shows it runs on.
+    let state = status_field(pid, "State");
+    assert!(state.starts_with('S') || state.starts_with('R'), "{state}");
+    assert_eq!(status_field(pid, "TracerPid"), "0");
     assert_eq!(seccomp_view(pid), before);
     // SAFETY: a signal by pid to the workload this test started.
     unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
@@ -256,4 +259,35 @@ fn seccomp_user_notif_filter_fails_the_dump_by_name_and_the_task_runs_on() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+}
+
+#[test]
+fn seccomp_filter_the_kernel_refuses_fails_the_restore_by_step_and_leaves_nothing() {
+    use ferry_images::{pb, ImageDir};
+    setup();
+    let bin = chains_bin(false);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_str().unwrap();
+    let pid = start(&bin, &["single", dir], Some(&work.path().join("ready")));
+    let _k = Killer(vec![pid]);
+    let d = tempfile::tempdir().unwrap();
+    let out = dump(pid, d.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_gone(pid);
+    // The newest filter becomes a program the kernel's checker rejects (an unknown opcode):
+    // well-formed in the image, so only the install in the restorer can fail.
+    let img = ImageDir::open(d.path()).unwrap();
+    let mut e: Vec<pb::SeccompEntry> = img.read_entries("seccomp.img").unwrap();
+    e[0].seccomp_filters[1].filter[0..2].copy_from_slice(&0xffffu16.to_le_bytes());
+    img.write_entries("seccomp.img", &e).unwrap();
+    std::fs::remove_file(d.path().join("ferry-manifest.json")).unwrap();
+    let out = restore(d.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refused filter restored");
+    assert!(err.contains("seccomp") && err.contains("errno 22"), "{err}");
+    assert_gone(&[pid]);
 }
