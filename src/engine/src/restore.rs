@@ -340,6 +340,8 @@ fn check(
             t.caps = creds::restore::check(pid, c).map_err(|e| task_err(e.to_string()))?;
         }
         crate::seccomp::restore::check(&t.cores, seccomp).map_err(|e| task_err(e.to_string()))?;
+        t.arena_size = (t.arena_size + crate::seccomp::restore::arena_need(&t.cores, seccomp))
+            .next_multiple_of(mem::PAGE);
         for (tid, c) in &t.cores[1..] {
             if c.thread_core.as_ref().and_then(|c| c.creds.as_ref())
                 != t.cores[0]

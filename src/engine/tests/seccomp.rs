@@ -197,6 +197,11 @@ fn seccomp_shared_filter_still_allows_tsync_after_two_cycles() {
 }
 
 #[test]
+fn seccomp_chain_at_the_kernels_instruction_limit_two_cycles() {
+    run_mode("long", false);
+}
+
+#[test]
 fn seccomp_libseccomp_filter_with_argument_rules_two_cycles() {
     run_mode("libseccomp", true);
 }

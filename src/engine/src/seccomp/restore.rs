@@ -161,6 +161,22 @@ pub fn check(
     Ok(())
 }
 
+/// Bytes [`lay_out`] may take in the task's arena (each distinct program once, the per-thread
+/// lists and blocks, alignment), so a long chain never runs the arena out.
+pub fn arena_need(cores: &[(u32, pb::CoreEntry)], table: &[pb::SeccompFilter]) -> u64 {
+    let mut progs = std::collections::BTreeSet::new();
+    let mut need = 64u64;
+    for (tid, core) in cores {
+        let ch = chain(*tid, core, table).unwrap_or_default();
+        need += 64 + 64 + ch.len() as u64 * std::mem::size_of::<SeccompProg>() as u64;
+        progs.extend(ch);
+    }
+    need + progs
+        .iter()
+        .map(|&i| table[i as usize].filter.len() as u64 + 8)
+        .sum::<u64>()
+}
+
 /// Whether any thread of the task has a seccomp mode.
 pub fn any(cores: &[(u32, pb::CoreEntry)]) -> bool {
     cores.iter().any(|(_, c)| mode(c) != 0)
@@ -313,6 +329,22 @@ mod tests {
                 flags: None,
             },
         ]
+    }
+
+    #[test]
+    fn arena_need_covers_what_lay_out_takes() {
+        let t = table();
+        let cores = vec![
+            (10, core(Some(2), Some(1))),
+            (11, core(Some(2), Some(2))),
+            (12, core(Some(1), None)),
+        ];
+        let need = arena_need(&cores, &t) as usize;
+        let mut buf = vec![0u64; need.div_ceil(8) + 1];
+        // Start misaligned by 8 so every alignment costs what it can.
+        // SAFETY: buf holds need + 8 writable bytes alive for the test.
+        let mut a = unsafe { Arena::new(buf.as_mut_ptr() as u64 + 8, need) };
+        lay_out(&mut a, &cores, &t).unwrap();
     }
 
     #[test]

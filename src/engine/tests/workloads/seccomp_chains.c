@@ -17,6 +17,8 @@
  *   notif      a filter returning SECCOMP_RET_USER_NOTIF for getppid, installed with
  *              SECCOMP_FILTER_FLAG_NEW_LISTENER and its listener closed: a dump must refuse it
  *              by name and leave the task running.
+ *   long       eight filters of 4050 instructions each (near the kernel's 32768-instruction
+ *              limit per chain once converted: 253 KiB of programs), the newest failing getppid with 7.
  *   libseccomp a libseccomp-made filter (default allow; getppid -> ERRNO 7, uname -> ERRNO 13
  *              only when its first argument is 0, personality(0xffffffff) allowed, every
  *              other personality value -> ERRNO 1), loaded as podman's runc would, no NNP.
@@ -70,6 +72,20 @@ static int deny(int nr, int err, unsigned flags)
 	};
 	struct sock_fprog p = {4, f};
 	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &p);
+}
+
+/* n instructions: loads of the syscall number, then (deny_ppid ? getppid -> ERRNO 7 : ALLOW) */
+static int big(int n, int deny_ppid)
+{
+	static struct sock_filter f[4096];
+	int k = 0;
+	while (k < n - 3)
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+	f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, deny_ppid ? SYS_getppid : -1u, 0, 1);
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 7);
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	struct sock_fprog p = {n, f};
+	return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &p);
 }
 
 /* errno of a raw syscall that must fail, 0 if it succeeded */
@@ -233,6 +249,13 @@ int main(int argc, char **argv)
 		start(&ths[2], 7, 0, 22);
 		main_th.want_ppid = 7;
 		main_th.want_pgrp = 22;
+	} else if (!strcmp(mode, "long")) {
+		nnp = 1;
+		prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+		for (int i = 0; i < 8; i++)
+			if (big(4050, i == 7))
+				return 20;
+		main_th.want_ppid = 7;
 	} else if (!strcmp(mode, "notif")) {
 		struct sock_filter f[] = {
 			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
@@ -289,6 +312,8 @@ int main(int argc, char **argv)
 	CHECK(main_th.got_pgrp == main_th.want_pgrp, "main: getpgrp errno %d, want %d", main_th.got_pgrp, main_th.want_pgrp);
 	if (!strcmp(mode, "single")) {
 		check_status("main", getpid(), 2, 2);
+	} else if (!strcmp(mode, "long")) {
+		check_status("main", getpid(), 2, 8);
 	} else if (!strcmp(mode, "libseccomp")) {
 		CHECK(err_of(SYS_uname, 0) == 13, "uname(NULL) errno %d, want 13", err_of(SYS_uname, 0));
 		CHECK(syscall(SYS_personality, 0xffffffffUL) >= 0, "personality(query) refused");
