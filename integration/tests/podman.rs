@@ -626,7 +626,6 @@ fn podman_checkpoint_leave_running_then_export_and_import_with_ferry() {
 }
 
 #[test]
-#[ignore = "needs: seccomp filter restore in the engine (restore refuses podman's default profile: \"a seccomp filter is not supported by ferry's restore yet\")"]
 fn podman_restores_a_container_with_its_default_seccomp_profile() {
     let env = TestEnv::new("pmsc");
     let rootfs = env.dir.join("rootfs");

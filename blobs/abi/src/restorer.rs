@@ -14,7 +14,7 @@ use core::mem::{offset_of, size_of};
 /// `RestorerArgs::magic`: "FRYR" little-endian.
 pub const RESTORER_MAGIC: u32 = u32::from_le_bytes(*b"FRYR");
 /// Bumped on any incompatible change of these types.
-pub const RESTORER_VERSION: u32 = 2;
+pub const RESTORER_VERSION: u32 = 3;
 /// Offset of a `syscall; int3` pair in the restorer blob: ferry runs the final `munmap` of the
 /// restorer range from here, under ptrace, after the task's `rt_sigreturn`.
 pub const RESTORER_SYSCALL_OFFSET: usize = 2;
@@ -117,6 +117,52 @@ pub struct ThreadArgs {
     /// PR_SET_PDEATHSIG value of this thread (0: none), set right before its rt_sigreturn; the
     /// parent-death signal is a per-thread attribute.
     pub pdeath_sig: u32,
+    /// Address of this thread's [`SeccompArgs`] (0: the thread has no seccomp mode).
+    pub seccomp: u64,
+}
+
+/// One classic-BPF seccomp program. The first 16 bytes are the kernel's `struct sock_fprog`
+/// (`unsigned short len; struct sock_filter *filter`), so the blob passes its address as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeccompProg {
+    /// Number of 8-byte `struct sock_filter` instructions.
+    pub len: u16,
+    /// Padding of `struct sock_fprog`, zero.
+    pub _pad: [u16; 3],
+    /// Address of the instructions.
+    pub filter: u64,
+    /// SECCOMP_FILTER_FLAG_* for `seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)`.
+    pub flags: u64,
+}
+
+/// A thread's seccomp state, installed by the thread itself after it is released (`go_word`)
+/// and before its capabilities are dropped: the last steps before `rt_sigreturn`. ferry traces
+/// the thread with PTRACE_O_SUSPEND_SECCOMP by then, so the filters do not apply to the blob's
+/// own remaining syscalls nor to the final munmap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeccompArgs {
+    /// 1: strict (`PR_SET_SECCOMP`, SECCOMP_MODE_STRICT); 2: filter.
+    pub mode: u32,
+    /// Number of [`SeccompProg`]s at `progs`, oldest first.
+    pub nr_progs: u32,
+    /// [`SeccompProg`] list.
+    pub progs: u64,
+    /// The first `nr_tsync` programs are installed with SECCOMP_FILTER_FLAG_TSYNC (main thread
+    /// only: the prefix every thread of the task shares, so the threads keep sharing one filter
+    /// object as they did when dumped); then the main thread sets `sync_word`.
+    pub nr_tsync: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// u32 word in the task's argument arena: non-zero once the shared prefix is installed.
+    /// Other threads with `wait_sync != 0` wait for it before installing their own programs.
+    pub sync_word: u64,
+    /// Non-zero: wait for `sync_word` first (threads other than the main one, when a shared
+    /// prefix exists).
+    pub wait_sync: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
 }
 
 /// Error codes the blob leaves in `RestorerArgs::error` (`step << 16 | errno`).
@@ -136,6 +182,8 @@ pub mod step {
     pub const CAPSET: u32 = 12;
     pub const PDEATHSIG: u32 = 13;
     pub const SIGQUEUE: u32 = 14;
+    /// seccomp(SECCOMP_SET_MODE_FILTER) or prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT).
+    pub const SECCOMP: u32 = 15;
 }
 
 /// The block at `rdi` when the blob starts.
@@ -183,7 +231,11 @@ const _: () = assert!(size_of::<Range>() == 16);
 const _: () = assert!(size_of::<Remap>() == 24);
 const _: () = assert!(size_of::<Madvise>() == 24);
 const _: () = assert!(size_of::<PrctlMmMap>() == 104);
-const _: () = assert!(size_of::<ThreadArgs>() == 112);
+const _: () = assert!(size_of::<ThreadArgs>() == 120);
+const _: () = assert!(offset_of!(ThreadArgs, seccomp) == 112);
+const _: () = assert!(size_of::<SeccompProg>() == 24);
+const _: () = assert!(offset_of!(SeccompProg, filter) == 8);
+const _: () = assert!(size_of::<SeccompArgs>() == 40);
 const _: () = assert!(offset_of!(ThreadArgs, frame) == 8);
 const _: () = assert!(offset_of!(ThreadArgs, stack_top) == 16);
 const _: () = assert!(offset_of!(RestorerArgs, mm_map) == 72);

@@ -8,7 +8,9 @@
 //! final addresses with `mremap` (pages move, nothing is copied), applies `madvise`, sets the mm
 //! fields (`PR_SET_MM_MAP`), clones the other threads with their tids (`clone3` + `set_tid`), and
 //! in every thread sets the robust list, clear_child_tid, FS/GS base and rseq, reports ready on the
-//! shared stage word, waits to be released, and calls `rt_sigreturn` on the frame ferry prepared
+//! shared stage word, waits to be released, installs its seccomp filters (or strict mode) and
+//! drops to its own capabilities (ferry traces it by then with seccomp suspended), and calls
+//! `rt_sigreturn` on the frame ferry prepared
 //! (registers, FPU/XSAVE state, blocked mask, sigaltstack). ferry then unmaps this range from the
 //! outside, under ptrace, before the task returns to user space.
 //! It never allocates, never formats, and talks to the kernel only through raw `syscall`.
@@ -23,7 +25,8 @@ mod sys;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use ferry_blob_abi::restorer::{
-    step, Madvise, Range, Remap, RestorerArgs, ThreadArgs, RESTORER_MAGIC, RESTORER_VERSION,
+    step, Madvise, Range, Remap, RestorerArgs, SeccompArgs, SeccompProg, ThreadArgs,
+    RESTORER_MAGIC, RESTORER_VERSION,
 };
 
 // Entry: a short jump over a `syscall; int3` pair at offset 2 (RESTORER_SYSCALL_OFFSET: ferry
@@ -143,18 +146,6 @@ unsafe extern "C" fn restorer_main(args: *const RestorerArgs) -> ! {
     for &fd in close {
         ok(a, step::CLOSE, sys::close(fd));
     }
-    if a.has_caps != 0 {
-        // Last of the privileged steps: from here on the task holds only its own capabilities.
-        // _LINUX_CAPABILITY_VERSION_3 header, then two data structs (eff, prm, inh each).
-        let hdr: [u32; 2] = [0x2008_0522, 0];
-        let c = a.caps;
-        let data: [u32; 6] = [c[0], c[2], c[4], c[1], c[3], c[5]];
-        ok(
-            a,
-            step::CAPSET,
-            sys::capset(hdr.as_ptr() as usize, data.as_ptr() as usize),
-        );
-    }
     for t in threads.iter().skip(1) {
         let r = sys::clone_thread(t.tid, t.stack_top, args as usize, t as *const _ as usize);
         ok(a, step::CLONE_THREAD, r);
@@ -228,6 +219,25 @@ fn restore_thread(a: &RestorerArgs, t: &ThreadArgs) -> ! {
     while go.load(Ordering::Acquire) == 0 {
         sys::futex_wait(a.go_word as *mut u32, 0);
     }
+    // From here on ferry traces this thread with PTRACE_O_SUSPEND_SECCOMP: the filters installed
+    // now apply once it is detached, not to the blob's last syscalls or the final munmap.
+    if t.seccomp != 0 {
+        // SAFETY: the coordinator wrote a SeccompArgs at `t.seccomp` inside the kept arena.
+        restore_seccomp(a, unsafe { &*(t.seccomp as *const SeccompArgs) });
+    }
+    // Per thread (capabilities are a thread attribute), after seccomp: installing a filter
+    // without no_new_privs needs CAP_SYS_ADMIN, which the task may not keep.
+    if a.has_caps != 0 {
+        // _LINUX_CAPABILITY_VERSION_3 header, then two data structs (eff, prm, inh each).
+        let hdr: [u32; 2] = [0x2008_0522, 0];
+        let c = a.caps;
+        let data: [u32; 6] = [c[0], c[2], c[4], c[1], c[3], c[5]];
+        ok(
+            a,
+            step::CAPSET,
+            sys::capset(hdr.as_ptr() as usize, data.as_ptr() as usize),
+        );
+    }
     ok(
         a,
         step::PDEATHSIG,
@@ -253,6 +263,49 @@ fn restore_thread(a: &RestorerArgs, t: &ThreadArgs) -> ! {
             in("r13") a as *const RestorerArgs as usize,
             options(noreturn),
         )
+    }
+}
+
+/// Installs a thread's seccomp mode: strict, or its filter chain oldest first (the prefix the
+/// whole task shares with TSYNC from the main thread, the rest by each thread itself).
+fn restore_seccomp(a: &RestorerArgs, s: &SeccompArgs) {
+    if s.mode == 1 {
+        ok(
+            a,
+            step::SECCOMP,
+            sys::prctl(sys::PR_SET_SECCOMP, sys::SECCOMP_MODE_STRICT, 0, 0),
+        );
+        return;
+    }
+    // SAFETY: the coordinator wrote nr_progs programs at `progs` inside the kept arena.
+    let progs = unsafe { slice::<SeccompProg>(s.progs, s.nr_progs) };
+    // SAFETY: `sync_word` (when set) is a u32 in the task's arena, shared by its threads.
+    let sync = (s.sync_word != 0).then(|| unsafe { &*(s.sync_word as *const AtomicU32) });
+    if s.wait_sync != 0 {
+        if let Some(w) = sync {
+            while w.load(Ordering::Acquire) == 0 {
+                sys::futex_wait(s.sync_word as *mut u32, 0);
+            }
+        }
+    }
+    for (k, p) in progs.iter().enumerate() {
+        let tsync = if (k as u32) < s.nr_tsync {
+            sys::SECCOMP_FILTER_FLAG_TSYNC
+        } else {
+            0
+        };
+        let r = sys::seccomp_filter(p.flags as usize | tsync, p as *const _ as usize);
+        // TSYNC reports a thread it could not synchronise as a positive tid.
+        if r > 0 {
+            fail(a, step::SECCOMP, 16);
+        }
+        ok(a, step::SECCOMP, r);
+        if k as u32 + 1 == s.nr_tsync {
+            if let Some(w) = sync {
+                w.store(1, Ordering::Release);
+                sys::futex_wake(s.sync_word as *mut u32);
+            }
+        }
     }
 }
 

@@ -18,9 +18,14 @@ const NR_CLONE3: usize = 435;
 const NR_CAPSET: usize = 126;
 const NR_GETPID: usize = 39;
 const NR_RT_TGSIGQUEUEINFO: usize = 297;
+const NR_SECCOMP: usize = 317;
 
 pub const PR_SET_PDEATHSIG: usize = 1;
 pub const PR_SET_NAME: usize = 15;
+pub const PR_SET_SECCOMP: usize = 22;
+pub const SECCOMP_MODE_STRICT: usize = 1;
+const SECCOMP_SET_MODE_FILTER: usize = 1;
+pub const SECCOMP_FILTER_FLAG_TSYNC: usize = 1;
 pub const PR_SET_MM: usize = 35;
 pub const PR_SET_MM_MAP: usize = 14;
 pub const ARCH_SET_GS: usize = 0x1001;
@@ -97,6 +102,11 @@ pub fn prctl(opt: usize, a2: usize, a3: usize, a4: usize) -> isize {
 
 pub fn capset(hdr: usize, data: usize) -> isize {
     syscall6(NR_CAPSET, hdr, data, 0, 0, 0)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, fprog).
+pub fn seccomp_filter(flags: usize, fprog: usize) -> isize {
+    syscall6(NR_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, fprog, 0, 0)
 }
 
 pub fn getpid() -> i32 {

@@ -172,6 +172,8 @@ pub struct Plan {
     pub ns: NsMode,
     /// [`Options::pid_wait`], for the tasks that fork the children.
     pub pid_wait: Duration,
+    /// seccomp.img's filters (empty without one).
+    pub seccomp: Vec<pb::SeccompFilter>,
 }
 
 impl Plan {
@@ -307,6 +309,7 @@ fn check(
     files: &BTreeMap<u32, pb::FileEntry>,
     vdso: &CurrentVdso,
     opts: &Options,
+    seccomp: &[pb::SeccompFilter],
 ) -> Result<Needs, RestoreError> {
     let mut needs = Needs::default();
     let ns_tree = tasks.first().is_some_and(|t| t.entry.pid == 1);
@@ -340,18 +343,9 @@ fn check(
         {
             t.caps = creds::restore::check(pid, c).map_err(|e| task_err(e.to_string()))?;
         }
-        for (tid, c) in &t.cores {
-            if c.thread_core
-                .as_ref()
-                .and_then(|c| c.seccomp_mode)
-                .unwrap_or(0)
-                != 0
-            {
-                return Err(task_err(format!(
-                    "thread {tid}: a seccomp filter is not supported by ferry's restore yet"
-                )));
-            }
-        }
+        crate::seccomp::restore::check(&t.cores, seccomp).map_err(|e| task_err(e.to_string()))?;
+        t.arena_size = (t.arena_size + crate::seccomp::restore::arena_need(&t.cores, seccomp))
+            .next_multiple_of(mem::PAGE);
         for (tid, c) in &t.cores[1..] {
             if c.thread_core.as_ref().and_then(|c| c.creds.as_ref())
                 != t.cores[0]
@@ -403,7 +397,8 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     log.stage("read images", t);
     let t = Instant::now();
     let vdso = CurrentVdso::read().map_err(stage_err("check"))?;
-    let needs = check(&mut tasks, &files, &vdso, opts)?;
+    let seccomp = crate::seccomp::restore::load(&dir).map_err(stage_err("read images"))?;
+    let needs = check(&mut tasks, &files, &vdso, opts, &seccomp)?;
     log.stage("check", t);
     let t = Instant::now();
     let max_fd = needs
@@ -464,6 +459,7 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
         verifier,
         ns,
         pid_wait: opts.pid_wait,
+        seccomp,
     })
 }
 

@@ -345,6 +345,15 @@ pub fn let_go(
             } else {
                 seize(h).map_err(ferr(t.entry.pid))?;
             }
+            // The filters the blob installs last must not apply to its own last steps, the
+            // rt_sigreturn and the remote munmap: suspended until the detach.
+            if crate::seccomp::restore::any(&t.cores) {
+                crate::seccomp::restore::suspend(h).map_err(|e| RestoreError::Task {
+                    pid: t.entry.pid,
+                    stage: "sigreturn",
+                    msg: e.to_string(),
+                })?;
+            }
         }
     }
     let insn = r.priv_base + crate::restorer::RESTORER_SYSCALL_OFFSET as u64;
@@ -354,7 +363,15 @@ pub fn let_go(
         let mut held = Vec::new();
         for (tid, _) in &t.cores {
             let tid = host(*tid)?;
-            let h = to_sigreturn_exit(tid, r.limit).map_err(ferr(t.entry.pid))?;
+            // A thread that died after its release: the blob's own report names the step.
+            let h = to_sigreturn_exit(tid, r.limit).map_err(|e| match r.ctl.message(*i) {
+                Some(m) => RestoreError::Task {
+                    pid: t.entry.pid,
+                    stage: "sigreturn",
+                    msg: format!("{e}: {m}"),
+                },
+                None => ferr(t.entry.pid)(e),
+            })?;
             held.push((tid, h));
         }
         let h = unmap_restorer(pid, insn, r.range.start, r.range.len).map_err(ferr(pid))?;

@@ -12,7 +12,7 @@ use ferry_blob_abi::restorer::{Range, RestorerArgs, ThreadArgs, RESTORER_MAGIC, 
 use crate::mem::restore as mem;
 use crate::restore::{Plan, STACK_SIZE};
 use crate::stage::Stage;
-use crate::{creds, files, fs, pstree, regs, restorer, sigact, timers};
+use crate::{creds, files, fs, pstree, regs, restorer, seccomp, sigact, timers};
 
 /// Runs task `i` of the plan in the freshly forked process; never returns.
 pub fn run(plan: &Plan, i: usize) -> ! {
@@ -96,6 +96,8 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         creds::restore::set_bounding(pid, c).map_err(|e| e.to_string())?;
     }
     creds::restore::apply(pid, tc).map_err(|e| e.to_string())?;
+    let main_creds = main.thread_core.as_ref().and_then(|c| c.creds.as_ref());
+    seccomp::restore::set_nnp(pid, main_creds).map_err(|e| e.to_string())?;
     if tc.child_subreaper == Some(true) {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -153,6 +155,8 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         .map(|f| f.as_raw_fd())
         .ok_or_else(|| format!("exe file id {} was not opened", img.mm.exe_file_id))?;
     let auxv = arena.push(&img.mm.mm_saved_auxv, "auxv").map_err(err)?;
+    let seccomp_at = seccomp::restore::lay_out(&mut arena, &t.cores, &plan.seccomp)
+        .map_err(|e| e.to_string())?;
     let mut threads = Vec::new();
     for (k, (tid, core)) in t.cores.iter().enumerate() {
         let ti = core
@@ -200,6 +204,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
             nr_sigs,
             // Per thread, as the kernel keeps it (dumped per thread by the parasite).
             pdeath_sig: tcore.and_then(|c| c.pdeath_sig).unwrap_or(0),
+            seccomp: seccomp_at[k],
         });
     }
     let slot = plan.ctl.slot(i);

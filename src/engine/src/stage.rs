@@ -297,6 +297,7 @@ fn blob_step_name(step: u32) -> &'static str {
         s::CAPSET => "capset",
         s::PDEATHSIG => "PR_SET_PDEATHSIG",
         s::SIGQUEUE => "rt_tgsigqueueinfo of a thread's pending signal",
+        s::SECCOMP => "seccomp filter or strict mode install",
         _ => "unknown",
     }
 }

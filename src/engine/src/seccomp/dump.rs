@@ -20,6 +20,9 @@ pub enum SeccompError {
         index: u64,
         source: std::io::Error,
     },
+    /// A filter ferry could not restore (a dump error, so the tree runs on undamaged).
+    #[error("thread {tid}: {msg}")]
+    Unsupported { tid: i32, msg: String },
     /// /proc status unreadable.
     #[error("thread {tid}: reading its seccomp mode: {source}")]
     Proc { tid: i32, source: std::io::Error },
@@ -144,6 +147,9 @@ impl SeccompTable {
                 prev,
                 flags: (flags != 0).then_some(flags),
             };
+            if let Some(msg) = super::restore::unsupported(&f) {
+                return Err(SeccompError::Unsupported { tid, msg });
+            }
             let at = match self.filters.iter().position(|x| *x == f) {
                 Some(i) => i,
                 None => {
