@@ -4,10 +4,12 @@
 //! swapped, bit 61 "file page or shared anonymous", bits 0..54 the PFN (visible to root). A
 //! present page whose PFN is the kernel's shared zero page holds only zeros and is skipped; a
 //! page of a private file mapping with bit 61 set was never copied-on-write and is restored from
-//! the file. The pages that remain are drained by the parasite: it vmsplices them into a pipe
-//! while ferry splices the pipe into the pages file, so the task and ferry run on two cores and
-//! no page is copied through user space. VMAs without PROT_READ (vmsplice would fault) are read
-//! through /proc/PID/mem, which may read them (FOLL_FORCE). Shared anonymous memory is a shmem
+//! the file. The pages that remain are cut into chunks of the pages file that two sides take
+//! from one cursor: the parasite vmsplices a chunk into a pipe while ferry splices the pipe into
+//! the file at the chunk's offset (no copy through user space), and a helper thread copies its
+//! chunks with process_vm_readv into a small buffer and pwrite()s them, so both cores copy and
+//! the faster side does more. VMAs without PROT_READ (vmsplice would fault) are read through
+//! /proc/PID/mem, which may read them (FOLL_FORCE). Shared anonymous memory is a shmem
 //! file: opened through /proc/PID/map_files, its allocated ranges found with SEEK_DATA/SEEK_HOLE,
 //! and copied once per object into pagemap-shmem-INO.img and its own pages file.
 
@@ -15,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ferry_images::pb;
 use ferry_inject::abi::Iovec;
@@ -194,36 +197,54 @@ pub fn entries(runs: &[Run]) -> Vec<pb::PagemapEntry> {
 
 /// Below this many bytes the helper thread is not worth starting.
 const SPLIT_MIN: u64 = 8 << 20;
+/// Work unit the two sides take turns on: small enough that the faster side ends up doing more
+/// (and both finish together), large enough that a drain command's round trip is noise.
+const CHUNK: u64 = 8 << 20;
+/// The helper's bounce buffer: stays in the cache between the read and the write.
+const HELPER_BUF: usize = 1 << 20;
 
-/// Splits `runs` at byte `at` of the pages file: (head, tail with file offsets).
-fn split(runs: &[Run], at: u64) -> (Vec<Run>, Vec<(Run, u64)>) {
-    let (mut head, mut tail, mut off) = (Vec::new(), Vec::new(), 0u64);
+/// Pages of the pages file's byte range [off, off + CHUNK) and where they start in the file.
+#[derive(Debug, PartialEq, Eq)]
+struct Chunk {
+    off: u64,
+    runs: Vec<Run>,
+}
+
+/// Cuts `runs` (in file order) into chunks of `size` bytes of the pages file.
+fn chunks(runs: &[Run], size: u64) -> Vec<Chunk> {
+    let mut out: Vec<Chunk> = Vec::new();
+    let mut off = 0u64;
     for r in runs {
-        let len = r.nr * PAGE;
-        if off + len <= at {
-            head.push(*r);
-        } else if off >= at {
-            tail.push((*r, off));
-        } else {
-            let n = (at - off) / PAGE;
-            head.push(Run { nr: n, ..*r });
-            let rest = Run {
-                start: r.start + n * PAGE,
-                nr: r.nr - n,
-                ..*r
-            };
-            tail.push((rest, at));
+        let mut r = *r;
+        while r.nr > 0 {
+            let k = off / size;
+            if out.last().is_none_or(|c| c.off / size != k) {
+                out.push(Chunk {
+                    off,
+                    runs: Vec::new(),
+                });
+            }
+            let room = ((k + 1) * size - off) / PAGE;
+            let n = r.nr.min(room);
+            out.last_mut()
+                .expect("chunk pushed above")
+                .runs
+                .push(Run { nr: n, ..r });
+            r.start += n * PAGE;
+            r.nr -= n;
+            off += n * PAGE;
         }
-        off += len;
     }
-    (head, tail)
+    out
 }
 
 /// Moves the pages of `runs` into `out` (a fresh pages file) in order; returns bytes written.
 ///
-/// Both cores work: the first half goes through the parasite (it vmsplices on the task's
-/// thread while this thread splices), the second half is copied by a helper thread with
-/// process_vm_readv straight into a shared mapping of the same file.
+/// Both cores work: the file is cut into chunks which two sides take from one cursor, each
+/// writing its chunk at the chunk's offset. This thread drains its chunks through the parasite
+/// (it vmsplices on the task's thread while this thread splices); a helper thread copies its
+/// chunks with process_vm_readv into a small buffer and pwrite()s them. The faster side simply
+/// takes more chunks.
 pub fn write(
     parasite: &mut Parasite,
     runs: &[Run],
@@ -233,22 +254,51 @@ pub fn write(
 ) -> Result<u64> {
     let pid = parasite.pid();
     let total: u64 = runs.iter().map(|r| r.nr * PAGE).sum();
-    let io_err = |op, source| PagesError::Io {
+    out.set_len(total).map_err(|source| PagesError::Io {
         pid,
-        op,
+        op: "size",
         path: out_path.to_string(),
         source,
+    })?;
+    let work = chunks(runs, CHUNK);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    // Both sides stop taking chunks once either failed.
+    let take = || {
+        if failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        work.get(next.fetch_add(1, Ordering::Relaxed))
     };
-    out.set_len(total).map_err(|e| io_err("size", e))?;
-    let at = if total >= SPLIT_MIN {
-        (total / 2) & !(PAGE - 1)
-    } else {
-        total
-    };
-    let (head, tail) = split(runs, at);
     std::thread::scope(|s| -> Result<()> {
-        let helper = (!tail.is_empty()).then(|| s.spawn(|| copy_tail(pid, &tail, out, out_path)));
-        let r = write_head(parasite, &head, out, out_path, stats);
+        let helper = (total >= SPLIT_MIN).then(|| {
+            s.spawn(|| {
+                let mut buf = vec![0u8; HELPER_BUF];
+                while let Some(c) = take() {
+                    if let Err(e) = copy_chunk(pid, c, out, out_path, &mut buf) {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            })
+        });
+        let mut pipe = None;
+        let mut r = Ok(());
+        while let Some(c) = take() {
+            r = drain_chunk(parasite, &mut pipe, c, out, out_path, stats);
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+        if let (Ok(()), Some(p)) = (&r, pipe) {
+            r = parasite.close_pipe(p).map_err(|source| PagesError::Drain {
+                pid,
+                path: out_path.to_string(),
+                source,
+            });
+        }
         let h = helper.map(|h| h.join().expect("page copy thread panicked"));
         r?;
         h.unwrap_or(Ok(()))
@@ -262,51 +312,31 @@ pub fn write(
     Ok(total)
 }
 
-/// The helper thread's share: task memory read into a shared mapping of the pages file.
-fn copy_tail(pid: i32, tail: &[(Run, u64)], out: &File, out_path: &str) -> Result<()> {
-    let first = tail[0].1;
-    let last = tail.last().map(|(r, o)| o + r.nr * PAGE).unwrap_or(first);
-    let len = (last - first) as usize;
-    // SAFETY: a fresh shared mapping of our own file region [first, last), page aligned; no
-    // one else maps it, and the other thread writes only below `first`.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(out),
-            first as i64,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(PagesError::Io {
-            pid,
-            op: "mmap",
-            path: out_path.to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    let mut res = Ok(());
-    for (r, off) in tail {
-        let n = (r.nr * PAGE) as usize;
-        // SAFETY: [off-first, off-first+n) lies inside the mapping, and runs do not overlap.
-        let buf = unsafe {
-            std::slice::from_raw_parts_mut((map as *mut u8).add((off - first) as usize), n)
-        };
-        if let Err(e) = ferry_inject::mem::read(pid, r.start, buf) {
-            res = Err(PagesError::Io {
+/// The helper thread's share: task memory read through a bounce buffer into the pages file.
+fn copy_chunk(pid: i32, c: &Chunk, out: &File, out_path: &str, buf: &mut [u8]) -> Result<()> {
+    let mut off = c.off;
+    for r in &c.runs {
+        let (mut addr, end) = (r.start, r.start + r.nr * PAGE);
+        while addr < end {
+            let n = ((end - addr) as usize).min(buf.len());
+            let b = &mut buf[..n];
+            ferry_inject::mem::read(pid, addr, b).map_err(|e| PagesError::Io {
                 pid,
-                op: "copy task memory into",
-                path: out_path.to_string(),
+                op: "read",
+                path: format!("/proc/{pid}/mem at {addr:#x}"),
                 source: io::Error::other(e.to_string()),
-            });
-            break;
+            })?;
+            out.write_all_at(b, off).map_err(|source| PagesError::Io {
+                pid,
+                op: "write",
+                path: out_path.to_string(),
+                source,
+            })?;
+            addr += n as u64;
+            off += n as u64;
         }
     }
-    // SAFETY: unmapping exactly the mapping made above.
-    unsafe { libc::munmap(map, len) };
-    res
+    Ok(())
 }
 
 /// Splices what is left in the pipe into `out` up to `end`; fails if the pipe runs dry first.
@@ -338,37 +368,30 @@ fn finish_from_pipe(
     Ok(())
 }
 
-/// The parasite's share (runs in file order from offset 0).
-fn write_head(
+/// The parasite's share: one chunk, drained through `pipe` (opened on first use).
+fn drain_chunk(
     parasite: &mut Parasite,
-    runs: &[Run],
+    pipe: &mut Option<ferry_inject::TaskPipe>,
+    c: &Chunk,
     out: &File,
     out_path: &str,
     stats: &mut PageStats,
 ) -> Result<()> {
     let pid = parasite.pid();
-    let mut offset: i64 = 0;
-    let mut pipe = None;
+    let runs = &c.runs;
+    let mut offset = c.off as i64;
     let mut i = 0;
     while i < runs.len() {
         if !runs[i].readable {
+            // vmsplice would fault on it: read it through /proc/PID/mem.
             let r = runs[i];
-            let len = (r.nr * PAGE) as usize;
-            let mut buf = vec![0u8; len];
-            ferry_inject::mem::read(pid, r.start, &mut buf).map_err(|e| PagesError::Io {
-                pid,
-                op: "read",
-                path: format!("/proc/{pid}/mem at {:#x}", r.start),
-                source: io::Error::other(e.to_string()),
-            })?;
-            out.write_all_at(&buf, offset as u64)
-                .map_err(|source| PagesError::Io {
-                    pid,
-                    op: "write",
-                    path: out_path.to_string(),
-                    source,
-                })?;
-            offset += len as i64;
+            let mut buf = vec![0u8; (r.nr * PAGE) as usize];
+            let one = Chunk {
+                off: offset as u64,
+                runs: vec![r],
+            };
+            copy_chunk(pid, &one, out, out_path, &mut buf)?;
+            offset += buf.len() as i64;
             i += 1;
             continue;
         }
@@ -389,7 +412,7 @@ fn write_head(
             source,
         };
         if pipe.is_none() {
-            pipe = Some(parasite.open_pipe(1 << 20).map_err(drain_err)?);
+            *pipe = Some(parasite.open_pipe(1 << 20).map_err(drain_err)?);
         }
         let p = pipe.as_ref().expect("pipe just opened");
         // One drain command per call, so a lost race (below) can be finished chunk by chunk.
@@ -408,13 +431,6 @@ fn write_head(
             stats.pipes += 1;
         }
         i = j;
-    }
-    if let Some(p) = pipe {
-        parasite.close_pipe(p).map_err(|source| PagesError::Drain {
-            pid,
-            path: out_path.to_string(),
-            source,
-        })?;
     }
     Ok(())
 }
@@ -494,46 +510,51 @@ mod tests {
     }
 
     #[test]
-    fn split_cuts_a_run_at_the_byte() {
+    fn chunks_cut_runs_at_the_boundaries() {
+        let run = |start, nr, readable| Run {
+            start,
+            nr,
+            lazy: false,
+            readable,
+        };
         let runs = [
-            Run {
-                start: 0x1000,
-                nr: 2,
-                lazy: true,
-                readable: true,
-            },
-            Run {
-                start: 0x9000,
-                nr: 4,
-                lazy: false,
-                readable: true,
-            },
+            run(0x1000, 2, true),
+            run(0x9000, 5, false),
+            run(0x20000, 1, true),
         ];
-        let (h, t) = split(&runs, 3 * PAGE);
+        let c = chunks(&runs, 3 * PAGE);
         assert_eq!(
-            h,
+            c,
             vec![
-                runs[0],
-                Run {
-                    start: 0x9000,
-                    nr: 1,
-                    ..runs[1]
-                }
+                Chunk {
+                    off: 0,
+                    runs: vec![run(0x1000, 2, true), run(0x9000, 1, false)]
+                },
+                Chunk {
+                    off: 3 * PAGE,
+                    runs: vec![run(0xa000, 3, false)]
+                },
+                Chunk {
+                    off: 6 * PAGE,
+                    runs: vec![run(0xd000, 1, false), run(0x20000, 1, true)]
+                },
             ]
         );
-        assert_eq!(
-            t,
-            vec![(
-                Run {
-                    start: 0xa000,
-                    nr: 3,
-                    ..runs[1]
-                },
-                3 * PAGE
-            )]
-        );
-        let (h, t) = split(&runs, 6 * PAGE);
-        assert_eq!((h.len(), t.len()), (2, 0));
+        assert!(chunks(&[], 3 * PAGE).is_empty());
+        // Every page lands once, in file order.
+        let flat: Vec<u64> = c
+            .iter()
+            .flat_map(|c| {
+                c.runs
+                    .iter()
+                    .flat_map(|r| (0..r.nr).map(|i| r.start + i * PAGE))
+            })
+            .collect();
+        let want: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| (0..r.nr).map(move |i| r.start + i * PAGE))
+            .collect();
+        assert_eq!(flat, want);
     }
 
     #[test]
