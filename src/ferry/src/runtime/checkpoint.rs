@@ -83,8 +83,9 @@ fn checkpoint(
         .pid()
         .ok_or_else(|| CrError::unsupported("checkpoint", format!("container {id} has no pid")))?
         .as_raw();
-    let descs = cr_stdio::read_init_stdio(pid)?;
-    cr_stdio::check_checkpointable(pid, id, &descs)?;
+    let live = cr_stdio::read_init_stdio(pid)?;
+    cr_stdio::check_checkpointable(pid, id, &live)?;
+    let descs = cr_stdio::recorded(&ctx.container_dir(id)).unwrap_or(live);
     let paths = CrPaths::resolve(&opts.common)?;
     paths.create()?;
     cr_stdio::write(&paths.images, &descs)?;

@@ -237,6 +237,10 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     match run_restore(opts, &paths, &bundle, &mut container, status_r) {
         Ok(pid) => {
             drop(images_fd);
+            if let Ok(old) = cr_stdio::read(&paths.images) {
+                let now = cr_stdio::restored_stdio(pid, &old);
+                cr_stdio::record(&ctx.container_dir(id), &now);
+            }
             Ok(Restored { pid })
         }
         Err(failed) => {

@@ -100,9 +100,51 @@ pub fn has_terminal(descs: &[String]) -> bool {
         .any(|d| matches!(classify(d), StdioKind::Terminal(_)))
 }
 
+/// The init's stdio as it was when the container was made (or restored), kept in ferry's state
+/// directory of the container, as runc keeps `external_descriptors` in its state: read at
+/// checkpoint time instead, the init could be caught mid-redirection (a shell's `>&2` saves fd
+/// 1 on a high fd for a moment) and descriptors.json would name the wrong pipes.
+pub const RECORDED: &str = "ferry-stdio.json";
+
+/// Keeps `descs` beside the container's state (best effort: a checkpoint falls back to /proc).
+pub fn record(container_dir: &Path, descs: &[String]) {
+    if let Err(e) = write_as(&container_dir.join(RECORDED), descs) {
+        tracing::warn!(error = %e, "the init's stdio is not recorded; checkpoint reads /proc");
+    }
+}
+
+/// What [`record`] kept, if anything.
+pub fn recorded(container_dir: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read(container_dir.join(RECORDED)).ok()?;
+    serde_json::from_slice::<Vec<String>>(&text)
+        .ok()
+        .filter(|d| d.len() == 3)
+}
+
+/// The stdio a restored init has: for each fd that was a pipe in `old` (descriptors.json), the
+/// caller's pipe ferry passed on (ferry's own fd N); the init's own fd otherwise (a path, the
+/// new console).
+pub fn restored_stdio(init: i32, old: &[String]) -> Vec<String> {
+    let link = |p: String| {
+        std::fs::read_link(p)
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    (0..3)
+        .map(|fd| match old.get(fd).map(|d| classify(d)) {
+            Some(StdioKind::Pipe(_)) => link(format!("/proc/self/fd/{fd}")),
+            _ => link(format!("/proc/{init}/fd/{fd}")),
+        })
+        .collect()
+}
+
 /// Writes descriptors.json into `dir`.
 pub fn write(dir: &Path, descs: &[String]) -> Result<(), CrError> {
-    let path = dir.join(DESCRIPTORS);
+    write_as(&dir.join(DESCRIPTORS), descs)
+}
+
+fn write_as(path: &Path, descs: &[String]) -> Result<(), CrError> {
+    let path = path.to_path_buf();
     let text = serde_json::to_vec(descs).map_err(|source| CrError::Json {
         stage: format!("encode {}", path.display()),
         source,

@@ -78,6 +78,14 @@ pub(super) fn build(
         .with_no_pivot(a.no_pivot)
         .build()
         .map_err(Error::container(stage))
+        .inspect(|c| {
+            // The stdio the init was given, for a later checkpoint's descriptors.json.
+            if let Some(pid) = c.pid() {
+                if let Ok(d) = super::cr_stdio::read_init_stdio(pid.as_raw()) {
+                    super::cr_stdio::record(&ctx.container_dir(id), &d);
+                }
+            }
+        })
 }
 
 /// `ferry create`: like runc, create is always detached from the container's stdio.
