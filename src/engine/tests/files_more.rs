@@ -4,160 +4,41 @@
 //! workload prepares, says "ready", is dumped and restored twice by `ferry-criu`, then verifies
 //! from the inside (SIGUSR1) and writes PASS or what failed; every image must decode with
 //! Debian's crit.
-//!
-//! The workload runner, fd view and crit check are minimal copies of those in tests/files.rs
-//! (which is a test binary, not a module other tests can include).
 
 mod restore_common;
-
+mod support;
 #[path = "workload/mod.rs"]
 mod workload_build;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use restore_common::*;
+use support::{crit_decodes, ready_value, verdict, wait_file, wait_gone};
 
 fn workload(name: &str) -> PathBuf {
     workload_build::build(&format!("{name}.c"), name, &["-O1", "-Wall"])
 }
 
-/// Starts a workload as a session leader with /dev/null stdio and waits for DIR/ready.
+/// Starts a workload ([`support::start`]) and waits for its ready file.
 fn start(bin: &Path, args: &[&str], ready: &Path) -> u32 {
-    let mut c = Command::new(bin);
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid in the child between fork and exec touches no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start workload");
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid (Killer)
-    wait_file(ready, || {
-        assert!(exists(pid), "workload {} died", bin.display())
-    });
-    pid
-}
-
-fn wait_file(p: &Path, alive: impl Fn()) {
-    let t = Instant::now();
-    while !p.exists() {
-        alive();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::start(bin, args, Some(ready))
 }
 
 /// The value of `key=PID` in the ready file.
 fn pid_in(ready: &Path, key: &str) -> Option<u32> {
-    std::fs::read_to_string(ready)
-        .unwrap()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    ready_value(ready, key)
 }
 
 fn dump(pid: u32, dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .output()
-        .expect("run ferry-criu dump")
-}
-
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped tree {pids:?} did not go away"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::dump(pid, dir, &[])
 }
 
 /// Each fd's link target and fdinfo, less what changes by nature across a checkpoint (mount
 /// ids, inode numbers).
 fn fd_view(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-    for fd in fds {
-        let t = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        // Pipe inode numbers change (and the test runner may hold a pipe of its own).
-        let t = if t.starts_with("pipe:[") {
-            "pipe".into()
-        } else {
-            t
-        };
-        out.push(format!("{fd} -> {t}"));
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-        for l in info.lines() {
-            let k = l.split(':').next().unwrap_or("");
-            if !["mnt_id", "ino"].contains(&k) {
-                out.push(format!(
-                    "  {fd} {}",
-                    l.split_whitespace().collect::<Vec<_>>().join(" ")
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Every image of a dump decodes with Debian's crit.
-fn crit_decodes(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let n = p.file_name().unwrap().to_string_lossy().into_owned();
-        if !n.ends_with(".img") || n.starts_with("pages-") {
-            continue;
-        }
-        let out = Command::new("crit")
-            .args(["decode", "-i"])
-            .arg(&p)
-            .output()
-            .expect("crit (Debian's criu package)");
-        assert!(
-            out.status.success(),
-            "crit decode {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-/// The workload's own verdict after SIGUSR1 to `pid`.
-fn verdict(pid: u32, work: &Path) -> String {
-    // SAFETY: a signal by pid to the workload this test started or restored.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let res = work.join("result");
-    wait_file(&res, || {
-        assert!(exists(pid), "workload died while verifying")
-    });
-    std::fs::read_to_string(res).unwrap().trim().to_string()
+    support::fd_view(pid, &["mnt_id", "ino"])
 }
 
 /// Two dump/restore cycles of the tree rooted at `pids[0]`, each task's fd view the same after
@@ -339,7 +220,7 @@ fn start_ns(bin: &Path, work: &Path, extra: &[&str]) -> (std::process::Child, u3
         .expect("unshare");
     let u = child.id();
     let result = work.join("result");
-    wait_file(&work.join("ready"), || {
+    wait_file(&work.join("ready"), Duration::from_secs(10), || {
         assert!(
             !result.exists(),
             "{}",
