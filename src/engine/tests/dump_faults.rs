@@ -2,6 +2,7 @@
 //! full disk, unsupported fd, victim killed mid-dump) leaves the tree running as before, with
 //! the same memory map, fds and registers.
 
+mod crit;
 mod dump_util;
 mod workload;
 

@@ -6,6 +6,7 @@
 //! and checks the images decode with Debian's crit. Plus the CRIU 4.2 `files` fixture restored
 //! by ferry, and a kind ferry refuses (io_uring) failing the dump while the tree runs on.
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;
@@ -32,36 +33,16 @@ fn fd_view(pid: u32) -> Vec<String> {
     support::fd_view(pid, &["mnt_id", "ino", "eventfd-id", "it_value", "ticks"])
 }
 
-/// Two dump/restore cycles, comparing each task's fd view; then SIGUSR1 and the workload's
-/// own verdict from DIR/result.
+/// Two dump/restore cycles, comparing each task's fd view, `must_have` among the images; then
+/// SIGUSR1 and the workload's own verdict from DIR/result.
 fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str], extra: &[&str]) {
-    for round in 0..2 {
-        let before: Vec<Vec<String>> = pids.iter().map(|&p| fd_view(p)).collect();
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(pids[0], d.path(), extra);
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        crit_decodes(d.path());
-        for img in must_have {
-            assert!(d.path().join(img).exists(), "round {round}: no {img}");
-        }
-        wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        for (i, &p) in pids.iter().enumerate() {
-            assert_runs(p);
-            assert_eq!(fd_view(p), before[i], "round {round}: fds of task {p}");
-        }
-    }
-    assert_eq!(verdict(pids[0], work), "PASS");
+    let c = Cycles {
+        extra,
+        what: "fds",
+        view: &fd_view,
+        runs: &|pids| pids.iter().for_each(|&p| assert_runs(p)),
+    };
+    support::two_cycles_then_verify(pids, work, &c, &|r, d| has_images(r, d, must_have));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 #[path = "container_res_common.rs"]
 mod common;
+mod crit;
 mod restore_common;
 mod support;
 mod workload;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use ferry_images::{pb, ImageDir};
 use restore_common::*;
-use support::{crit_decodes, ready_value, spawn_session, verdict, wait_file, wait_gone};
+use support::{crit_decodes, ready_value, spawn_session, verdict, wait_file, wait_gone, Cycles};
 
 /// CRIU's VMA status bits the tests look for.
 const VMA_FILE_PRIVATE: u32 = 1 << 6;
@@ -81,31 +82,13 @@ fn vmas_with(dir: &Path, pid: u32, bits: u32) -> Vec<pb::VmaEntry> {
 /// Two dump/restore cycles comparing each task's maps, `check` run on each image directory;
 /// then SIGUSR1 and the workload's own verdict from DIR/result.
 fn two_cycles_then_verify(pids: &[u32], work: &Path, check: impl Fn(&Path)) {
-    for round in 0..2 {
-        let before: Vec<Vec<String>> = pids.iter().map(|&p| maps(p)).collect();
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(pids[0], d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        crit_decodes(d.path());
-        check(d.path());
-        wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        assert_runs(pids[0]);
-        for (i, &p) in pids.iter().enumerate() {
-            assert_eq!(maps(p), before[i], "round {round}: maps of task {p}");
-        }
-    }
-    assert_eq!(verdict(pids[0], work), "PASS");
+    let c = Cycles {
+        extra: &[],
+        what: "maps",
+        view: &maps,
+        runs: &|pids| assert_runs(pids[0]),
+    };
+    support::two_cycles_then_verify(pids, work, &c, &|_, d| check(d));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! from the inside (SIGUSR1) and writes PASS or what failed; every image must decode with
 //! Debian's crit.
 
+mod crit;
 mod restore_common;
 mod support;
 #[path = "workload/mod.rs"]
@@ -15,7 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use restore_common::*;
-use support::{crit_decodes, ready_value, verdict, wait_file, wait_gone};
+use support::{
+    assert_ok, crit_decodes, has_images, ready_value, restore_ok, verdict, wait_file, wait_gone,
+    Cycles,
+};
 
 fn workload(name: &str) -> PathBuf {
     workload_build::build(&format!("{name}.c"), name, &["-O1", "-Wall"])
@@ -42,39 +46,15 @@ fn fd_view(pid: u32) -> Vec<String> {
 }
 
 /// Two dump/restore cycles of the tree rooted at `pids[0]`, each task's fd view the same after
-/// each; then the workload's verdict must be PASS.
+/// each, `must_have` among the images; then the workload's verdict must be PASS.
 fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str]) {
-    for round in 0..2 {
-        let before: Vec<Vec<String>> = pids.iter().map(|&p| fd_view(p)).collect();
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(pids[0], d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        crit_decodes(d.path());
-        for img in must_have {
-            assert!(d.path().join(img).exists(), "round {round}: no {img}");
-        }
-        wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        for (i, &p) in pids.iter().enumerate() {
-            assert_runs_or_zombie(p);
-            assert_eq!(
-                fd_view_or_empty(p),
-                before[i],
-                "round {round}: fds of task {p}"
-            );
-        }
-    }
-    assert_eq!(verdict(pids[0], work), "PASS");
+    let c = Cycles {
+        extra: &[],
+        what: "fds",
+        view: &fd_view_or_empty,
+        runs: &|pids| pids.iter().for_each(|&p| assert_runs_or_zombie(p)),
+    };
+    support::two_cycles_then_verify(pids, work, &c, &|r, d| has_images(r, d, must_have));
 }
 
 /// A zombie has no fds and does not run; anything else must run.
@@ -271,11 +251,7 @@ fn pidns_two_cycles(in_place: bool, extra: &[&str]) {
     for round in 0..2 {
         let d = tempfile::tempdir().unwrap();
         let out = dump(host, d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, d.path(), &format!("round {round}: dump"));
         crit_decodes(d.path());
         // The images hold the namespace's pids: the owner is C (pid 2 there), the group 1.
         let files = ferry_images::ImageDir::open(d.path()).unwrap();
@@ -308,13 +284,7 @@ fn pidns_two_cycles(in_place: bool, extra: &[&str]) {
         // (`criu restore`), then in place as the namespace's PID 1 (the runtime's path, played
         // by ferry-pidns-harness).
         host = if round == 0 || !in_place {
-            let out = restore(d.path(), &[]);
-            assert!(
-                out.status.success(),
-                "round {round}: restore failed: {}\nlog:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                log_of(d.path())
-            );
+            restore_ok(d.path(), &format!("round {round}"));
             std::fs::read_to_string(d.path().join("pid"))
                 .unwrap()
                 .trim()

@@ -7,6 +7,7 @@
 //! are in the dumped tree, as in a container. Without `--tcp-established` the dump must refuse
 //! an established connection by name and leave the tree working.
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;

@@ -4,6 +4,7 @@
 //! where it stopped, on the new pipe. And CRIU's other classic: a stdout log file swapped for a
 //! new one (`--inherit-fd fd[1]:PATH`).
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;

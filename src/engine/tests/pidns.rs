@@ -3,6 +3,7 @@
 //! (`criu restore`: a new pid namespace made with clone3(CLONE_NEWPID)), twice in a row, each
 //! time checked from the inside.
 
+mod crit;
 mod pidns_common;
 
 use std::collections::BTreeMap;
@@ -168,15 +169,11 @@ fn pidns_dump_refuses_nested_namespace() {
 
 #[test]
 fn pidns_restore_failure_leaves_nothing() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    let _ = unshare.wait();
+    let Dumped {
+        reports,
+        imgs,
+        before,
+    } = dumped_tree();
     // Task "a1" (a grandchild) fails after the namespace and the rest of the tree exist.
     let a1 = before["a1"].pid.to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-criu"))

@@ -3,6 +3,7 @@
 //! after each restore the task is checked from the outside (pids, maps, memory pattern, signal
 //! state, timers) and must run on.
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;
@@ -12,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
-use support::{dump_ok, spawn_session, wait_gone};
+use support::{dump_ok, restore_ok, spawn_session, wait_gone};
 
 /// Starts a fixture workload ([`spawn_session`]) and lets it set itself up; returns its pid.
 fn start(bin: &str) -> u32 {
@@ -31,13 +32,7 @@ fn cycle(pids: &[u32], check: &dyn Fn()) {
         let before: Vec<Vec<String>> = pids.iter().map(|&p| maps(p)).collect();
         dump(pids[0], d.path());
         wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        restore_ok(d.path(), &format!("round {round}"));
         for (i, &p) in pids.iter().enumerate() {
             assert_eq!(maps(p), before[i], "round {round}: maps of {p}");
             assert_runs(p);
@@ -410,13 +405,7 @@ fn roundtrip_per_thread_pdeath_signal() {
         dump(pid, d.path());
         assert_eq!(pdeath_sigs(d.path(), pid), want, "round {round}");
         wait_gone(&[pid]);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        restore_ok(d.path(), &format!("round {round}"));
         assert_runs(pid);
     }
 }

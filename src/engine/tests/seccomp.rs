@@ -7,6 +7,7 @@
 //! Also: the dumpee's two stacked filters (one with SECCOMP_FILTER_FLAG_LOG), and a filter
 //! returning SECCOMP_RET_USER_NOTIF refused by name at dump (the task runs on).
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
-use support::{dump, start, verdict, wait_gone};
+use support::{assert_ok, dump, restore_ok, start, verdict, wait_gone};
 
 fn chains_bin(libseccomp: bool) -> PathBuf {
     if libseccomp {
@@ -73,23 +74,13 @@ fn two_cycles(pid: u32, work: Option<&Path>) {
         let before = seccomp_view(pid);
         let d = tempfile::tempdir().unwrap();
         let out = dump(pid, d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, d.path(), &format!("round {round}: dump"));
         assert!(
             d.path().join("seccomp.img").exists(),
             "round {round}: no seccomp.img"
         );
         wait_gone(&[pid]);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        restore_ok(d.path(), &format!("round {round}"));
         assert!(exists(pid), "round {round}: restored task {pid} is gone");
         assert_eq!(
             seccomp_view(pid),

@@ -4,6 +4,7 @@
 //! accepting, shutdown state, shared descriptions) and writes PASS or what failed.
 //! Cases ferry refuses must fail the dump with a clear error and leave the tree running.
 
+mod crit;
 mod restore_common;
 mod support;
 mod workload;

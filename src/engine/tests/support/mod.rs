@@ -6,7 +6,7 @@
 //! `crit decode` as the outside reader of every image. Each waiter panics naming what it waited
 //! for; killing by pid on drop is `restore_common::Killer`.
 //!
-//! Include it after `mod restore_common;` (it uses `restore_common::exists`).
+//! Include it with `mod restore_common;` and `mod crit;` (it uses both).
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -228,28 +228,12 @@ pub fn fd_view(pid: u32, skip: &[&str]) -> Vec<String> {
 
 /// Debian's `crit decode` must read DIR/IMG; returns its JSON.
 pub fn crit(dir: &Path, img: &str) -> String {
-    let out = Command::new("/usr/bin/crit")
-        .args(["decode", "-i"])
-        .arg(dir.join(img))
-        .output()
-        .expect("run crit (Debian's criu package)");
-    assert!(
-        out.status.success(),
-        "crit decode {img} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    super::crit::decode(dir, img)
 }
 
 /// Every image of a dump but the raw page files decodes with Debian's crit.
 pub fn crit_decodes(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        if n.ends_with(".img") && !n.starts_with("pages-") {
-            crit(dir, &n);
-        }
-    }
+    super::crit::decode_all(dir, |n| n.ends_with(".img") && !n.starts_with("pages-"));
 }
 
 /// `ferry-criu restore` of DIR ([`restore`](super::restore_common::restore)) that must
@@ -353,3 +337,49 @@ pub fn assert_still_run(pids: &[u32]) {
 
 /// For [`two_rounds`] with nothing to look at in the images.
 pub fn no_check(_: &Path) {}
+
+/// What [`two_cycles_then_verify`] keeps the same across each cycle.
+pub struct Cycles<'a> {
+    /// `ferry-criu dump` arguments beyond the defaults.
+    pub extra: &'a [&'a str],
+    /// Names the view in messages ("fds", "maps").
+    pub what: &'a str,
+    /// A task's view, taken before each dump, that must be the same after the restore.
+    pub view: &'a dyn Fn(u32) -> Vec<String>,
+    /// After each restore, before the views: the restored tree runs.
+    pub runs: &'a dyn Fn(&[u32]),
+}
+
+/// Two dump/restore cycles of the tree `pids` (root first): each dump must succeed and every
+/// image decode with crit, `check(round, images)` looks at them, the tree must go and come back
+/// with the same [`Cycles::view`] of each task; then SIGUSR1 and the workload's own verdict
+/// from WORK/result must be PASS.
+pub fn two_cycles_then_verify(pids: &[u32], work: &Path, c: &Cycles, check: &dyn Fn(usize, &Path)) {
+    for round in 0..2 {
+        let before: Vec<Vec<String>> = pids.iter().map(|&p| (c.view)(p)).collect();
+        let d = tempfile::tempdir().unwrap();
+        let out = dump(pids[0], d.path(), c.extra);
+        assert_ok(&out, d.path(), &format!("round {round}: dump"));
+        crit_decodes(d.path());
+        check(round, d.path());
+        wait_gone(pids);
+        restore_ok(d.path(), &format!("round {round}"));
+        (c.runs)(pids);
+        for (i, &p) in pids.iter().enumerate() {
+            assert_eq!(
+                (c.view)(p),
+                before[i],
+                "round {round}: {} of task {p}",
+                c.what
+            );
+        }
+    }
+    assert_eq!(verdict(pids[0], work), "PASS");
+}
+
+/// A `check` for [`two_cycles_then_verify`]: each of `names` is an image of the dump.
+pub fn has_images(round: usize, d: &Path, names: &[&str]) {
+    for img in names {
+        assert!(d.join(img).exists(), "round {round}: no {img}");
+    }
+}
