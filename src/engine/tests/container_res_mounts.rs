@@ -176,6 +176,18 @@ fn verify_tree(pid: i32, root: &Path) {
     .unwrap();
 }
 
+/// A restore of the mount images in `dir` into task `pid` under `new_root`, with the
+/// external mount "k" bound from `ext_src`, that must fail; returns its error.
+fn restore_err(pid: i32, dir: &ImageDir, new_root: PathBuf, ext_src: &Path) -> String {
+    let opts = MountRestoreOpts {
+        new_root,
+        external: BTreeMap::from([("k".to_string(), ext_src.to_path_buf())]),
+    };
+    mounts::restore_mounts(pid, dir, 1, &opts)
+        .unwrap_err()
+        .to_string()
+}
+
 struct HostDir(PathBuf);
 impl Drop for HostDir {
     fn drop(&mut self) {
@@ -299,17 +311,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
     std::fs::create_dir_all(&evil).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, evil.join("dev")).unwrap();
-    let err = mounts::restore_mounts(
-        b.pid,
-        &dir,
-        1,
-        &MountRestoreOpts {
-            new_root: evil,
-            external: BTreeMap::from([("k".to_string(), ext_src.clone())]),
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = restore_err(b.pid, &dir, evil, &ext_src);
     assert!(err.contains("symlink"), "{err}");
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{}/mountinfo", b.pid)).unwrap(),
@@ -329,17 +331,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
     }
     let rb = host.0.join("rootb");
     std::fs::create_dir_all(&rb).unwrap();
-    let err = mounts::restore_mounts(
-        b.pid,
-        &dir,
-        1,
-        &MountRestoreOpts {
-            new_root: rb,
-            external: BTreeMap::from([("k".to_string(), ext_src.clone())]),
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = restore_err(b.pid, &dir, rb, &ext_src);
     assert!(err.contains("tmpfs archive"), "{err}");
     let after = std::fs::read_to_string(format!("/proc/{}/mountinfo", b.pid)).unwrap();
     assert_eq!(before, after, "a failed restore leaves no mounts behind");

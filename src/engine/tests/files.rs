@@ -27,6 +27,16 @@ fn child_of(ready: &Path) -> u32 {
     ready_value(ready, "child").expect("child=PID in the ready file")
 }
 
+/// Starts workload NAME on a fresh work directory and waits until it is ready; returns the
+/// directory, the workload's pid, its child's (from the ready file) and their [`Killer`].
+fn start_pair(name: &str) -> (tempfile::TempDir, u32, u32, Killer) {
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready");
+    let pid = start(&workload(name), &[work.path()], Some(&ready));
+    let child = child_of(&ready);
+    (work, pid, child, Killer(vec![pid, child]))
+}
+
 /// What must survive a checkpoint of each fd: mount ids, inode numbers, eventfd ids and the
 /// running timers' time left and ticks change by nature.
 fn fd_view(pid: u32) -> Vec<String> {
@@ -49,12 +59,7 @@ fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str], extra: 
 fn files_anon_eventfd_epoll_signalfd_timerfd_memfd_inotify_fanotify_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_anon");
-    let work = tempfile::tempdir().unwrap();
-    let ready = work.path().join("ready");
-    let pid = start(&bin, &[work.path()], Some(&ready));
-    let child = child_of(&ready);
-    let _k = Killer(vec![pid, child]);
+    let (work, pid, child, _k) = start_pair("files_anon");
     two_cycles_then_verify(&[pid, child], work.path(), &["files.img", "memfd.img"], &[]);
 }
 
@@ -62,12 +67,7 @@ fn files_anon_eventfd_epoll_signalfd_timerfd_memfd_inotify_fanotify_two_cycles()
 fn files_reg_ghost_dir_opath_pipe_fifo_pidfd_fown_two_tasks_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_reg");
-    let work = tempfile::tempdir().unwrap();
-    let ready = work.path().join("ready");
-    let pid = start(&bin, &[work.path()], Some(&ready));
-    let child = child_of(&ready);
-    let _k = Killer(vec![pid, child]);
+    let (work, pid, child, _k) = start_pair("files_reg");
     two_cycles_then_verify(
         &[pid, child],
         work.path(),
@@ -87,12 +87,7 @@ fn files_reg_ghost_dir_opath_pipe_fifo_pidfd_fown_two_tasks_two_cycles() {
 fn files_locks_flock_posix_ofd_two_tasks_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_locks");
-    let work = tempfile::tempdir().unwrap();
-    let ready = work.path().join("ready");
-    let pid = start(&bin, &[work.path()], Some(&ready));
-    let child = child_of(&ready);
-    let _k = Killer(vec![pid, child]);
+    let (work, pid, child, _k) = start_pair("files_locks");
     // Without --file-locks the dump refuses, naming the lock, and the tree runs on.
     let d = tempfile::tempdir().unwrap();
     let out = dump(pid, d.path(), &[]);
@@ -127,12 +122,7 @@ fn files_pty_pair_controlling_terminal_termios_two_cycles() {
 fn files_ghost_above_the_limit_fails_the_dump_and_the_tree_runs_on() {
     let _g = lock();
     setup();
-    let bin = workload("files_reg");
-    let work = tempfile::tempdir().unwrap();
-    let ready = work.path().join("ready");
-    let pid = start(&bin, &[work.path()], Some(&ready));
-    let child = child_of(&ready);
-    let _k = Killer(vec![pid, child]);
+    let (_work, pid, _child, _k) = start_pair("files_reg");
     let before = fd_view(pid);
     let d = tempfile::tempdir().unwrap();
     let out = dump(pid, d.path(), &["--ghost-limit", "50"]);

@@ -30,6 +30,15 @@ fn start(bin: &Path, args: &[&str], ready: &Path) -> u32 {
     support::start(bin, args, Some(ready))
 }
 
+/// Starts workload NAME in MODE on a fresh work directory and waits until it is ready; returns
+/// the directory, the workload's pid and its [`Killer`].
+fn start_mode(name: &str, mode: &str) -> (tempfile::TempDir, u32, Killer) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&workload(name), &[w, mode], &work.path().join("ready"));
+    (work, pid, Killer(vec![pid]))
+}
+
 /// The value of `key=PID` in the ready file.
 fn pid_in(ready: &Path, key: &str) -> Option<u32> {
     ready_value(ready, key)
@@ -103,11 +112,7 @@ fn files_unlinked_fifos_and_dead_pidfds_two_cycles() {
 fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "raw");
     two_cycles_then_verify(&[pid], work.path(), &["tty-data.img", "tty-info.img"]);
 }
 
@@ -117,11 +122,7 @@ fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
 fn files_pty_packet_and_exclusive_modes_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "modes"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "modes");
     two_cycles_then_verify(&[pid], work.path(), &["tty-info.img"]);
 }
 
@@ -131,11 +132,7 @@ fn files_pty_packet_and_exclusive_modes_two_cycles() {
 fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "raw");
     let before = fd_view(pid);
     let d = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
@@ -160,11 +157,7 @@ fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
 fn files_pty_with_queued_canonical_lines_fails_the_dump_and_keeps_them() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "canon"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "canon");
     let d = tempfile::tempdir().unwrap();
     let out = dump(pid, d.path());
     let err = String::from_utf8_lossy(&out.stderr);

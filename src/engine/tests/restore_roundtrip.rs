@@ -26,6 +26,16 @@ fn dump(pid: u32, dir: &Path) {
     dump_ok(pid, dir, &[], "roundtrip");
 }
 
+/// The `loop` fixture started, dumped and gone: its pid, [`Killer`] and images.
+fn dumped_loop() -> (u32, Killer, tempfile::TempDir) {
+    let pid = start("/tmp/ferry-fixture/bin/loop");
+    let k = Killer(vec![pid]);
+    let d = tempfile::tempdir().unwrap();
+    dump(pid, d.path());
+    wait_gone(&[pid]);
+    (pid, k, d)
+}
+
 fn cycle(pids: &[u32], check: &dyn Fn()) {
     for round in 0..2 {
         let d = tempfile::tempdir().unwrap();
@@ -135,11 +145,7 @@ fn roundtrip_tree() {
 fn corrupted_pages_are_caught_by_the_manifest() {
     let _g = lock();
     setup();
-    let pid = start("/tmp/ferry-fixture/bin/loop");
-    let _k = Killer(vec![pid]);
-    let d = tempfile::tempdir().unwrap();
-    dump(pid, d.path());
-    wait_gone(&[pid]);
+    let (pid, _k, d) = dumped_loop();
     // One flipped byte in the page data: same size, so only the checksum can tell.
     let p = d.path().join("pages-1.img");
     let mut b = std::fs::read(&p).unwrap();
@@ -160,11 +166,7 @@ fn corrupted_pages_are_caught_by_the_manifest() {
 fn attached_restore_waits_for_the_root() {
     let _g = lock();
     setup();
-    let pid = start("/tmp/ferry-fixture/bin/loop");
-    let _k = Killer(vec![pid]);
-    let d = tempfile::tempdir().unwrap();
-    dump(pid, d.path());
-    wait_gone(&[pid]);
+    let (pid, _k, d) = dumped_loop();
     // Without -d ferry stays the root's parent and exits with its status.
     let pidfile = d.path().join("pid");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))

@@ -94,6 +94,11 @@ pub fn kill_all(pids: &[u32]) {
         // SAFETY: SIGKILL by pid to tasks this test restored.
         unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
+    reap(pids);
+}
+
+/// Waits (10 s at most) until none of `pids` is in /proc, reaping our (subreaper) children.
+fn reap(pids: &[u32]) {
     let start = Instant::now();
     while pids.iter().any(|&p| exists(p)) && start.elapsed() < Duration::from_secs(10) {
         for &p in pids {
@@ -116,16 +121,7 @@ impl Drop for Killer {
 
 /// Asserts none of `pids` exists (bounded wait for zombies to be reaped).
 pub fn assert_gone(pids: &[u32]) {
-    kill_all(&[]);
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) && start.elapsed() < Duration::from_secs(10) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: as in kill_all.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    reap(pids);
     for &p in pids {
         assert!(!exists(p), "pid {p} still exists after a failed restore");
     }
