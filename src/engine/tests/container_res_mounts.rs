@@ -22,6 +22,17 @@ fn m(src: Option<&str>, target: &Path, fs: Option<&str>, flags: MsFlags, data: O
 }
 
 /// Builds the container tree under `root` inside the mount namespace of `pid`.
+/// A bind mount of `src` on `target`.
+fn bind(src: &Path, target: &Path) {
+    m(
+        Some(src.to_str().unwrap()),
+        target,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    );
+}
+
 fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
     let root = root.to_path_buf();
     let ext_src = ext_src.to_path_buf();
@@ -82,21 +93,9 @@ fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
             MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             Some("size=512k,mode=700"),
         );
-        m(
-            Some(ext_src.to_str().unwrap()),
-            &root.join("ext"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&ext_src, &root.join("ext"));
         // A read-only path: bind of an in-tree directory, made read-only per mount.
-        m(
-            Some(dev.join("sub").to_str().unwrap()),
-            &root.join("ro"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&dev.join("sub"), &root.join("ro"));
         m(
             None,
             &root.join("ro"),
@@ -105,13 +104,7 @@ fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
             None,
         );
         // A masked file: /dev/null bound over it.
-        m(
-            Some(dev.join("null").to_str().unwrap()),
-            &root.join("etc/secret"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&dev.join("null"), &root.join("etc/secret"));
     })
     .unwrap();
 }

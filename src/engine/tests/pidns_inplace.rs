@@ -30,43 +30,27 @@ fn harness(dir: &Path, env: &[(&str, &str)]) -> Output {
 
 #[test]
 fn pidns_in_place_restore_twice() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let mut guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    check_shape(&before);
-
-    let mut host = init;
-    let mut last = before.clone();
-    for round in 0..2 {
-        let imgs = tempfile::tempdir().unwrap();
-        dump_and_check(host, imgs.path());
-        guard.0 = 0;
-        if round == 0 {
-            // The unshare process ends with its child, which the dump killed.
-            let _ = unshare.wait();
-        }
-        let out = harness(imgs.path(), &[]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_ok(&out, "in-place restore", &imgs.path().join("restore.log"));
-        // "<host pid of PID 1> ok <ns pids...>"
-        let mut w = stdout.split_whitespace();
-        host = w.next().unwrap().parse().unwrap();
-        guard.0 = host;
-        assert_eq!(w.next(), Some("ok"), "{stdout}");
-        let pids: Vec<&str> = w.collect();
-        assert_eq!(pids.len(), 4, "{stdout}");
-        assert_eq!(pids[0], "1");
-        assert_eq!(ns_pid(host), 1);
-        // Exactly the checkpointed processes: PID 1 and its three descendants, no helper (and
-        // no zombie of one) among them.
-        let below = processes_below(host);
-        assert_eq!(below.len(), 4, "round {round}: {below:?}");
-        let now = wait_reports(reports.path(), &counters(&last));
-        assert_same(&before, &now);
-        last = now;
-    }
+    two_cycles(
+        &|imgs| {
+            let out = harness(imgs, &[]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_ok(&out, "in-place restore", &imgs.join("restore.log"));
+            // "<host pid of PID 1> ok <ns pids...>"
+            (host_in(&stdout), stdout)
+        },
+        &|round, host, stdout| {
+            let mut w = stdout.split_whitespace().skip(1);
+            assert_eq!(w.next(), Some("ok"), "{stdout}");
+            let pids: Vec<&str> = w.collect();
+            assert_eq!(pids.len(), 4, "{stdout}");
+            assert_eq!(pids[0], "1");
+            assert_eq!(ns_pid(host), 1);
+            // Exactly the checkpointed processes: PID 1 and its three descendants, no helper
+            // (and no zombie of one) among them.
+            let below = processes_below(host);
+            assert_eq!(below.len(), 4, "round {round}: {below:?}");
+        },
+    );
 }
 
 #[test]

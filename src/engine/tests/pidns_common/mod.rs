@@ -296,3 +296,36 @@ pub fn dumped_tree_of(exe: &Path) -> Dumped {
 pub fn dumped_tree() -> Dumped {
     dumped_tree_of(&workload())
 }
+
+/// Two checkpoints of the tree in its own pid namespace: each round dumps it ([`dump_and_check`]),
+/// `restore` brings it back from the images and returns the new init's host pid (killed by pid
+/// from then on) with what to check, `check(round, host, what)` looks at it, and every task
+/// must report as before the first dump.
+pub fn two_cycles(restore: &dyn Fn(&Path) -> (i32, String), check: &dyn Fn(usize, i32, &str)) {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let mut guard = NsGuard(init);
+    let before = wait_reports(reports.path(), &BTreeMap::new());
+    check_shape(&before);
+    assert_eq!(ns_pid(init), 1, "the workload is its namespace's init");
+
+    let mut host = init;
+    let mut last = before.clone();
+    for round in 0..2 {
+        let imgs = tempfile::tempdir().unwrap();
+        dump_and_check(host, imgs.path());
+        guard.0 = 0;
+        if round == 0 {
+            // The unshare process ends with its child, which the dump killed.
+            let _ = unshare.wait();
+        }
+        let (h, what) = restore(imgs.path());
+        host = h;
+        guard.0 = host;
+        check(round, host, &what);
+        let now = wait_reports(reports.path(), &counters(&last));
+        assert_same(&before, &now);
+        last = now;
+    }
+}
