@@ -164,7 +164,7 @@ fn files_unsupported_kind_fails_the_dump_and_the_tree_runs_on() {
 /// socketpair with queued data, MEMFD, a ghost file) restored by ferry, checked from /proc.
 #[test]
 fn files_criu_fixture_restores() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let host = Path::new(FIXTURES).join("files/host-files");
     for f in ["data.txt", "append.log"] {

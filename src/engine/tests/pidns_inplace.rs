@@ -196,7 +196,12 @@ fn assert_early_error(dir: &Path, want: &str) {
 
 #[test]
 fn pidns_in_place_errors_before_the_plan_are_reported() {
-    let Dumped { imgs, .. } = dumped_tree();
+    // The reports directories stay: the images hold files the tree had open in them.
+    let Dumped {
+        reports: _reports,
+        imgs,
+        ..
+    } = dumped_tree();
 
     // A broken image directory: the tree image is not a protobuf stream of pstree entries.
     let broken = tempfile::tempdir().unwrap();
@@ -208,7 +213,11 @@ fn pidns_in_place_errors_before_the_plan_are_reported() {
     let exe_dir = tempfile::tempdir().unwrap();
     let exe = exe_dir.path().join("pidns_tree");
     std::fs::copy(workload(), &exe).unwrap();
-    let imgs2 = dumped_tree_of(&exe).imgs;
+    let Dumped {
+        reports: _reports2,
+        imgs: imgs2,
+        ..
+    } = dumped_tree_of(&exe);
     std::fs::remove_file(&exe).unwrap();
     assert_early_error(imgs2.path(), "pidns_tree");
 }

@@ -15,6 +15,23 @@ pub fn lock() -> MutexGuard<'static, ()> {
     L.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Held while a test restores the CRIU fixtures: their tasks take fixed pids and their binaries
+/// sit at fixed paths, and nextest runs every test in a process of its own, from several test
+/// binaries at once, so [`lock`] alone does not keep two such restores apart. An flock on one
+/// file does (across processes, and across threads too: each call opens the file anew).
+pub struct FixtureLock(std::fs::File);
+
+pub fn fixture_lock() -> FixtureLock {
+    let path = Path::new("/tmp/ferry-fixture/pids.lock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    // SAFETY: flock on a file this guard holds open (close-on-exec); released when it is closed.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock {}", path.display());
+    FixtureLock(f)
+}
+
 /// Installs the fixture binaries where the images expect them (byte-identical), and makes
 /// this test process a child subreaper so restored trees (orphaned when ferry exits) are ours
 /// to reap after a kill.
