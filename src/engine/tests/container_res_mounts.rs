@@ -22,6 +22,17 @@ fn m(src: Option<&str>, target: &Path, fs: Option<&str>, flags: MsFlags, data: O
 }
 
 /// Builds the container tree under `root` inside the mount namespace of `pid`.
+/// A bind mount of `src` on `target`.
+fn bind(src: &Path, target: &Path) {
+    m(
+        Some(src.to_str().unwrap()),
+        target,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    );
+}
+
 fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
     let root = root.to_path_buf();
     let ext_src = ext_src.to_path_buf();
@@ -82,21 +93,9 @@ fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
             MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             Some("size=512k,mode=700"),
         );
-        m(
-            Some(ext_src.to_str().unwrap()),
-            &root.join("ext"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&ext_src, &root.join("ext"));
         // A read-only path: bind of an in-tree directory, made read-only per mount.
-        m(
-            Some(dev.join("sub").to_str().unwrap()),
-            &root.join("ro"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&dev.join("sub"), &root.join("ro"));
         m(
             None,
             &root.join("ro"),
@@ -105,13 +104,7 @@ fn build_tree(pid: i32, root: &Path, ext_src: &Path) {
             None,
         );
         // A masked file: /dev/null bound over it.
-        m(
-            Some(dev.join("null").to_str().unwrap()),
-            &root.join("etc/secret"),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
+        bind(&dev.join("null"), &root.join("etc/secret"));
     })
     .unwrap();
 }
@@ -174,6 +167,18 @@ fn verify_tree(pid: i32, root: &Path) {
         assert!(dev_line.contains("size=1024k"), "{dev_line}");
     })
     .unwrap();
+}
+
+/// A restore of the mount images in `dir` into task `pid` under `new_root`, with the
+/// external mount "k" bound from `ext_src`, that must fail; returns its error.
+fn restore_err(pid: i32, dir: &ImageDir, new_root: PathBuf, ext_src: &Path) -> String {
+    let opts = MountRestoreOpts {
+        new_root,
+        external: BTreeMap::from([("k".to_string(), ext_src.to_path_buf())]),
+    };
+    mounts::restore_mounts(pid, dir, 1, &opts)
+        .unwrap_err()
+        .to_string()
 }
 
 struct HostDir(PathBuf);
@@ -299,17 +304,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
     std::fs::create_dir_all(&evil).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, evil.join("dev")).unwrap();
-    let err = mounts::restore_mounts(
-        b.pid,
-        &dir,
-        1,
-        &MountRestoreOpts {
-            new_root: evil,
-            external: BTreeMap::from([("k".to_string(), ext_src.clone())]),
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = restore_err(b.pid, &dir, evil, &ext_src);
     assert!(err.contains("symlink"), "{err}");
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{}/mountinfo", b.pid)).unwrap(),
@@ -329,17 +324,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
     }
     let rb = host.0.join("rootb");
     std::fs::create_dir_all(&rb).unwrap();
-    let err = mounts::restore_mounts(
-        b.pid,
-        &dir,
-        1,
-        &MountRestoreOpts {
-            new_root: rb,
-            external: BTreeMap::from([("k".to_string(), ext_src.clone())]),
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = restore_err(b.pid, &dir, rb, &ext_src);
     assert!(err.contains("tmpfs archive"), "{err}");
     let after = std::fs::read_to_string(format!("/proc/{}/mountinfo", b.pid)).unwrap();
     assert_eq!(before, after, "a failed restore leaves no mounts behind");

@@ -2,6 +2,7 @@
 //! ferry-criu, every image is decoded by Debian's crit and verified by ferry-images, and the
 //! images are compared with what /proc says of the live tasks.
 
+mod crit;
 mod dump_util;
 mod workload;
 

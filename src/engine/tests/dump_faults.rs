@@ -2,6 +2,7 @@
 //! full disk, unsupported fd, victim killed mid-dump) leaves the tree running as before, with
 //! the same memory map, fds and registers.
 
+mod crit;
 mod dump_util;
 mod workload;
 
@@ -42,6 +43,17 @@ impl Drop for Mount {
 }
 
 /// Registers of a stopped task, read through a good dump (they cannot change while stopped).
+/// A dump of `w` that must fail and leave its maps and fds as they were; returns its stderr.
+fn refused(w: &Workload) -> String {
+    let before = (maps(w.pid), fds(w.pid));
+    let d = shm_dir();
+    let out = dump(w.pid, d.path(), &[]);
+    assert!(!out.status.success(), "dump of {} succeeded", w.pid);
+    let after = (maps(w.pid), fds(w.pid));
+    assert_eq!(after, before, "a refused dump changed task {}", w.pid);
+    stderr(&out)
+}
+
 fn regs_of_stopped(pid: i32) -> (pb::UserX86RegsEntry, pb::UserX86FpregsEntry, u64) {
     let d = shm_dir();
     let out = dump(pid, d.path(), &["--leave-running"]);
@@ -120,18 +132,13 @@ fn dump_refuses_a_socket_fd_naming_pid_and_fd() {
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
     let w = Workload::spawn_with("heap", "2", Stdio::from(std::os::fd::OwnedFd::from(a)));
     w.wait_ticks(1);
-    let before = (maps(w.pid), fds(w.pid));
-    let d = shm_dir();
-    let out = dump(w.pid, d.path(), &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = refused(&w);
     // Its peer is this test process, outside the tree.
     assert!(
         err.contains(&format!("task {}: fd 0: unix socket inode", w.pid))
             && err.contains("outside the dumped tree"),
         "{err}"
     );
-    assert_eq!((maps(w.pid), fds(w.pid)), before);
     w.wait_ticks(2);
 }
 
@@ -239,12 +246,8 @@ fn dump_refuses_a_tree_holding_file_locks() {
     let f = tempfile::NamedTempFile::new().unwrap();
     let w = Workload::spawn("flock", f.path().to_str().unwrap());
     w.wait_ticks(1);
-    let before = (maps(w.pid), fds(w.pid));
-    let d = shm_dir();
     // Without --file-locks (with it, locks are dumped: see tests/files.rs).
-    let out = dump(w.pid, d.path(), &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = refused(&w);
     assert!(
         err.contains(&format!(
             "task {}: holds a lock on fd {}",
@@ -253,6 +256,5 @@ fn dump_refuses_a_tree_holding_file_locks() {
             && err.contains("only with --file-locks"),
         "{err}"
     );
-    assert_eq!((maps(w.pid), fds(w.pid)), before);
     w.wait_ticks(2);
 }

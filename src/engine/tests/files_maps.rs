@@ -8,16 +8,19 @@
 
 #[path = "container_res_common.rs"]
 mod common;
+mod crit;
 mod restore_common;
+mod support;
 mod workload;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_images::{pb, ImageDir};
 use restore_common::*;
+use support::{crit_decodes, ready_value, spawn_session, verdict, wait_file, wait_gone, Cycles};
 
 /// CRIU's VMA status bits the tests look for.
 const VMA_FILE_PRIVATE: u32 = 1 << 6;
@@ -38,87 +41,32 @@ fn start(bin: &Path, work: &Path) -> u32 {
 /// [`start`], in the IPC namespace `ipc_ns` (an open /proc/PID/ns/ipc) when given.
 fn start_in(bin: &Path, work: &Path, ipc_ns: Option<i32>) -> u32 {
     let mut c = Command::new(bin);
-    c.arg(work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setns, setsid and close_range in the child between fork and exec touch no shared
-    // state.
-    unsafe {
-        c.pre_exec(move || {
-            if let Some(ns) = ipc_ns {
+    c.arg(work);
+    if let Some(ns) = ipc_ns {
+        // SAFETY: setns in the child between fork and exec touches no shared state.
+        unsafe {
+            c.pre_exec(move || {
                 if libc::setns(ns, libc::CLONE_NEWIPC) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
-            libc::setsid();
-            // Only stdio: an inherited fd (a build lock held with flock, say) is not the
-            // workload's and would make the dump refuse a lock.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
-    let child = c.spawn().expect("start workload");
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid (Killer)
-    let t = Instant::now();
-    while !work.join("ready").exists() {
-        assert!(exists(pid), "workload {} died preparing", bin.display());
-        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let pid = spawn_session(c, &bin.display().to_string());
+    wait_file(&work.join("ready"), Duration::from_secs(10), || {
+        assert!(exists(pid), "workload {} died preparing", bin.display())
+    });
     pid
 }
 
 /// A `key=N` line of DIR/ready.
-fn ready_value(work: &Path, key: &str) -> Option<i64> {
-    std::fs::read_to_string(work.join("ready"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+fn ready_of(work: &Path, key: &str) -> Option<i64> {
+    ready_value(&work.join("ready"), key)
 }
 
 fn dump(pid: u32, dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .output()
-        .expect("run ferry-criu dump")
-}
-
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{pids:?} stay");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Every image but the raw page files decodes with Debian's crit.
-fn crit_decodes(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let n = p.file_name().unwrap().to_string_lossy().into_owned();
-        if !n.ends_with(".img") || n.starts_with("pages-") {
-            continue;
-        }
-        let out = Command::new("crit")
-            .args(["decode", "-i"])
-            .arg(&p)
-            .output()
-            .expect("crit (Debian's criu package)");
-        assert!(
-            out.status.success(),
-            "crit decode {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    support::dump(pid, dir, &[])
 }
 
 /// The VMAs of mm-PID.img whose status has every bit of `bits`.
@@ -134,40 +82,13 @@ fn vmas_with(dir: &Path, pid: u32, bits: u32) -> Vec<pb::VmaEntry> {
 /// Two dump/restore cycles comparing each task's maps, `check` run on each image directory;
 /// then SIGUSR1 and the workload's own verdict from DIR/result.
 fn two_cycles_then_verify(pids: &[u32], work: &Path, check: impl Fn(&Path)) {
-    for round in 0..2 {
-        let before: Vec<Vec<String>> = pids.iter().map(|&p| maps(p)).collect();
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(pids[0], d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        crit_decodes(d.path());
-        check(d.path());
-        wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        assert_runs(pids[0]);
-        for (i, &p) in pids.iter().enumerate() {
-            assert_eq!(maps(p), before[i], "round {round}: maps of task {p}");
-        }
-    }
-    // SAFETY: a signal by pid to the task this test restored.
-    unsafe { libc::kill(pids[0] as i32, libc::SIGUSR1) };
-    let res = work.join("result");
-    let t = Instant::now();
-    while !res.exists() {
-        assert!(exists(pids[0]), "workload died while verifying");
-        assert!(t.elapsed() < Duration::from_secs(10), "no verdict");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+    let c = Cycles {
+        extra: &[],
+        what: "maps",
+        view: &maps,
+        runs: &|pids| assert_runs(pids[0]),
+    };
+    support::two_cycles_then_verify(pids, work, &c, &|_, d| check(d));
 }
 
 #[test]
@@ -176,7 +97,7 @@ fn maps_memfd_shared_private_closed_sealed_two_tasks_two_cycles() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let pid = start(&bin("maps_memfd"), work.path());
-    let child = ready_value(work.path(), "child").unwrap() as u32;
+    let child = ready_of(work.path(), "child").unwrap() as u32;
     let _k = Killer(vec![pid, child]);
     two_cycles_then_verify(&[pid, child], work.path(), |d| {
         let shared = vmas_with(d, pid, VMA_AREA_MEMFD | VMA_FILE_SHARED);
@@ -277,9 +198,9 @@ fn maps_sysv_shm_attachments_two_tasks_two_cycles() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let pid = start(&bin("maps_sysv"), work.path());
-    let shmid = ready_value(work.path(), "shmid").unwrap();
+    let shmid = ready_of(work.path(), "shmid").unwrap();
     let _s = Segment(shmid as i32);
-    let child = ready_value(work.path(), "child").unwrap() as u32;
+    let child = ready_of(work.path(), "child").unwrap() as u32;
     let _k = Killer(vec![pid, child]);
     two_cycles_then_verify(&[pid, child], work.path(), |d| {
         let v = vmas_with(d, pid, VMA_ANON_SHARED | VMA_AREA_SYSVIPC);
@@ -302,9 +223,9 @@ fn maps_sysv_restore_without_the_segment_fails_clearly() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let pid = start(&bin("maps_sysv"), work.path());
-    let shmid = ready_value(work.path(), "shmid").unwrap();
+    let shmid = ready_of(work.path(), "shmid").unwrap();
     let seg = Segment(shmid as i32);
-    let child = ready_value(work.path(), "child").unwrap() as u32;
+    let child = ready_of(work.path(), "child").unwrap() as u32;
     let _k = Killer(vec![pid, child]);
     let d = tempfile::tempdir().unwrap();
     let out = dump(pid, d.path());
@@ -363,7 +284,7 @@ fn maps_sysv_shm_in_a_restored_ipc_namespace_two_cycles() {
     let work = tempfile::tempdir().unwrap();
     let ns = ns_fd(holder.pid);
     let pid = start_in(&bin("maps_sysv"), work.path(), Some(ns.as_raw_fd()));
-    let child = ready_value(work.path(), "child").unwrap() as u32;
+    let child = ready_of(work.path(), "child").unwrap() as u32;
     let _k = Killer(vec![pid, child]);
     let mut old = Vec::new();
     for round in 0..2 {
@@ -403,16 +324,7 @@ fn maps_sysv_shm_in_a_restored_ipc_namespace_two_cycles() {
         );
         old.push(std::mem::replace(&mut holder, fresh));
     }
-    // SAFETY: a signal by pid to the task this test restored.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let res = work.path().join("result");
-    let t = Instant::now();
-    while !res.exists() {
-        assert!(exists(pid), "workload died while verifying");
-        assert!(t.elapsed() < Duration::from_secs(10), "no verdict");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+    assert_eq!(verdict(pid, work.path()), "PASS");
 }
 
 /// A mapped unlinked file past the ghost limit is a dump error naming the task, the mapping and

@@ -4,196 +4,66 @@
 //! workload prepares, says "ready", is dumped and restored twice by `ferry-criu`, then verifies
 //! from the inside (SIGUSR1) and writes PASS or what failed; every image must decode with
 //! Debian's crit.
-//!
-//! The workload runner, fd view and crit check are minimal copies of those in tests/files.rs
-//! (which is a test binary, not a module other tests can include).
 
+mod crit;
 mod restore_common;
-
+mod support;
 #[path = "workload/mod.rs"]
 mod workload_build;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use restore_common::*;
+use support::{
+    assert_ok, crit_decodes, has_images, ready_value, restore_ok, verdict, wait_file, wait_gone,
+    Cycles,
+};
 
 fn workload(name: &str) -> PathBuf {
     workload_build::build(&format!("{name}.c"), name, &["-O1", "-Wall"])
 }
 
-/// Starts a workload as a session leader with /dev/null stdio and waits for DIR/ready.
+/// Starts a workload ([`support::start`]) and waits for its ready file.
 fn start(bin: &Path, args: &[&str], ready: &Path) -> u32 {
-    let mut c = Command::new(bin);
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid in the child between fork and exec touches no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start workload");
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid (Killer)
-    wait_file(ready, || {
-        assert!(exists(pid), "workload {} died", bin.display())
-    });
-    pid
+    support::start(bin, args, Some(ready))
 }
 
-fn wait_file(p: &Path, alive: impl Fn()) {
-    let t = Instant::now();
-    while !p.exists() {
-        alive();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Starts workload NAME in MODE on a fresh work directory and waits until it is ready; returns
+/// the directory, the workload's pid and its [`Killer`].
+fn start_mode(name: &str, mode: &str) -> (tempfile::TempDir, u32, Killer) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_str().unwrap();
+    let pid = start(&workload(name), &[w, mode], &work.path().join("ready"));
+    (work, pid, Killer(vec![pid]))
 }
 
 /// The value of `key=PID` in the ready file.
 fn pid_in(ready: &Path, key: &str) -> Option<u32> {
-    std::fs::read_to_string(ready)
-        .unwrap()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    ready_value(ready, key)
 }
 
 fn dump(pid: u32, dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .output()
-        .expect("run ferry-criu dump")
-}
-
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped tree {pids:?} did not go away"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::dump(pid, dir, &[])
 }
 
 /// Each fd's link target and fdinfo, less what changes by nature across a checkpoint (mount
 /// ids, inode numbers).
 fn fd_view(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-    for fd in fds {
-        let t = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        // Pipe inode numbers change (and the test runner may hold a pipe of its own).
-        let t = if t.starts_with("pipe:[") {
-            "pipe".into()
-        } else {
-            t
-        };
-        out.push(format!("{fd} -> {t}"));
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-        for l in info.lines() {
-            let k = l.split(':').next().unwrap_or("");
-            if !["mnt_id", "ino"].contains(&k) {
-                out.push(format!(
-                    "  {fd} {}",
-                    l.split_whitespace().collect::<Vec<_>>().join(" ")
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Every image of a dump decodes with Debian's crit.
-fn crit_decodes(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let n = p.file_name().unwrap().to_string_lossy().into_owned();
-        if !n.ends_with(".img") || n.starts_with("pages-") {
-            continue;
-        }
-        let out = Command::new("crit")
-            .args(["decode", "-i"])
-            .arg(&p)
-            .output()
-            .expect("crit (Debian's criu package)");
-        assert!(
-            out.status.success(),
-            "crit decode {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-/// The workload's own verdict after SIGUSR1 to `pid`.
-fn verdict(pid: u32, work: &Path) -> String {
-    // SAFETY: a signal by pid to the workload this test started or restored.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let res = work.join("result");
-    wait_file(&res, || {
-        assert!(exists(pid), "workload died while verifying")
-    });
-    std::fs::read_to_string(res).unwrap().trim().to_string()
+    support::fd_view(pid, &["mnt_id", "ino"])
 }
 
 /// Two dump/restore cycles of the tree rooted at `pids[0]`, each task's fd view the same after
-/// each; then the workload's verdict must be PASS.
+/// each, `must_have` among the images; then the workload's verdict must be PASS.
 fn two_cycles_then_verify(pids: &[u32], work: &Path, must_have: &[&str]) {
-    for round in 0..2 {
-        let before: Vec<Vec<String>> = pids.iter().map(|&p| fd_view(p)).collect();
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(pids[0], d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        crit_decodes(d.path());
-        for img in must_have {
-            assert!(d.path().join(img).exists(), "round {round}: no {img}");
-        }
-        wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        for (i, &p) in pids.iter().enumerate() {
-            assert_runs_or_zombie(p);
-            assert_eq!(
-                fd_view_or_empty(p),
-                before[i],
-                "round {round}: fds of task {p}"
-            );
-        }
-    }
-    assert_eq!(verdict(pids[0], work), "PASS");
+    let c = Cycles {
+        extra: &[],
+        what: "fds",
+        view: &fd_view_or_empty,
+        runs: &|pids| pids.iter().for_each(|&p| assert_runs_or_zombie(p)),
+    };
+    support::two_cycles_then_verify(pids, work, &c, &|r, d| has_images(r, d, must_have));
 }
 
 /// A zombie has no fds and does not run; anything else must run.
@@ -242,11 +112,7 @@ fn files_unlinked_fifos_and_dead_pidfds_two_cycles() {
 fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "raw");
     two_cycles_then_verify(&[pid], work.path(), &["tty-data.img", "tty-info.img"]);
 }
 
@@ -256,11 +122,7 @@ fn files_pty_with_queued_bytes_raw_mode_two_cycles() {
 fn files_pty_packet_and_exclusive_modes_two_cycles() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "modes"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "modes");
     two_cycles_then_verify(&[pid], work.path(), &["tty-info.img"]);
 }
 
@@ -270,11 +132,7 @@ fn files_pty_packet_and_exclusive_modes_two_cycles() {
 fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "raw"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "raw");
     let before = fd_view(pid);
     let d = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
@@ -299,11 +157,7 @@ fn files_pty_queued_bytes_stay_with_a_tree_left_running() {
 fn files_pty_with_queued_canonical_lines_fails_the_dump_and_keeps_them() {
     let _g = lock();
     setup();
-    let bin = workload("files_pty_queued");
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path().to_str().unwrap();
-    let pid = start(&bin, &[w, "canon"], &work.path().join("ready"));
-    let _k = Killer(vec![pid]);
+    let (work, pid, _k) = start_mode("files_pty_queued", "canon");
     let d = tempfile::tempdir().unwrap();
     let out = dump(pid, d.path());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -339,7 +193,7 @@ fn start_ns(bin: &Path, work: &Path, extra: &[&str]) -> (std::process::Child, u3
         .expect("unshare");
     let u = child.id();
     let result = work.join("result");
-    wait_file(&work.join("ready"), || {
+    wait_file(&work.join("ready"), Duration::from_secs(10), || {
         assert!(
             !result.exists(),
             "{}",
@@ -390,11 +244,7 @@ fn pidns_two_cycles(in_place: bool, extra: &[&str]) {
     for round in 0..2 {
         let d = tempfile::tempdir().unwrap();
         let out = dump(host, d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, d.path(), &format!("round {round}: dump"));
         crit_decodes(d.path());
         // The images hold the namespace's pids: the owner is C (pid 2 there), the group 1.
         let files = ferry_images::ImageDir::open(d.path()).unwrap();
@@ -427,13 +277,7 @@ fn pidns_two_cycles(in_place: bool, extra: &[&str]) {
         // (`criu restore`), then in place as the namespace's PID 1 (the runtime's path, played
         // by ferry-pidns-harness).
         host = if round == 0 || !in_place {
-            let out = restore(d.path(), &[]);
-            assert!(
-                out.status.success(),
-                "round {round}: restore failed: {}\nlog:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                log_of(d.path())
-            );
+            restore_ok(d.path(), &format!("round {round}"));
             std::fs::read_to_string(d.path().join("pid"))
                 .unwrap()
                 .trim()

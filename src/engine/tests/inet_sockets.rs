@@ -7,41 +7,26 @@
 //! are in the dumped tree, as in a container. Without `--tcp-established` the dump must refuse
 //! an established connection by name and leave the tree working.
 
+mod crit;
 mod restore_common;
+mod support;
+mod workload;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use restore_common::{exists, kill_all, log_of};
+use restore_common::kill_all;
+use support::{
+    assert_still_run, crit, dump_cmd, no_check, spawn_session, tree, verify_pass_and_exit,
+    wait_ready_or_failed,
+};
 
-/// Builds the workload once per source version, under a file lock (tests run in parallel).
 fn workload_bin() -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/inet_sk.c");
-    let text = std::fs::read(&src).unwrap();
-    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join(format!("ferry-inet-sk-{hash:016x}"));
-    let lock = File::create(dir.join("ferry-inet-sk.lock")).unwrap();
-    // SAFETY: flock on a file we hold open; released when it is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    if !out.exists() {
-        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let st = Command::new("gcc")
-            .args(["-O1", "-static", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("run gcc");
-        assert!(st.success(), "gcc inet_sk.c failed: {st}");
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
+    workload::build("inet_sk.c", "inet_sk", &["-O1", "-Wall"])
 }
 
 /// A network namespace of its own, held by a `sleep` (killed by pid on drop), loopback up.
@@ -97,32 +82,6 @@ impl Drop for NetNs {
     }
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(c.split_whitespace().filter_map(|s| s.parse::<u32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
-
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
 /// A running workload tree in its own network namespace; killed by pid on drop (the tree
 /// first, then the namespace's holder).
 struct Workload {
@@ -143,76 +102,27 @@ impl Workload {
             .unwrap();
         let mut c = ns.cmd(workload_bin());
         c.arg(mode).arg(dir.path());
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: setsid between fork and exec touches no shared state.
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = c.spawn().expect("start inet_sk");
-        let pid = child.id();
-        std::mem::forget(child); // reaped by pid
+        let pid = spawn_session(c, "inet_sk");
         let mut w = Workload {
             pid,
             pids: vec![pid],
             dir,
             ns,
         };
-        let start = Instant::now();
-        while !w.dir.path().join("ready").exists() {
-            if let Ok(r) = std::fs::read_to_string(w.dir.path().join("result")) {
-                panic!("workload {mode} failed while preparing: {r}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "workload {mode} never got ready"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        w.pids = children(pid);
+        wait_ready_or_failed(w.dir.path(), mode);
+        w.pids = tree(pid);
         w
     }
 
     /// Sends the go signal and waits for the workload's own verdict, then for its exit.
     fn verify(&self) {
-        // SAFETY: a signal to the workload we started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGUSR1) };
-        let res = self.dir.path().join("result");
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = std::fs::read_to_string(&res) {
-                assert_eq!(r, "PASS", "workload verdict");
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no verdict from the workload"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let start = Instant::now();
-        while self.pids.iter().any(|&p| exists(p) && !zombie(p)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "workload did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (pid, dir) = (self.pid, self.dir.path());
+        verify_pass_and_exit(pid, &self.pids, dir, Duration::from_secs(30), String::new);
     }
 
     fn dump(&self, dir: &Path, extra: &[&str]) -> Output {
-        self.ns
-            .cmd(env!("CARGO_BIN_EXE_ferry-criu"))
-            .args(["dump", "-t", &self.pid.to_string(), "-D"])
-            .arg(dir)
-            .args(["-v4", "-o", "dump.log"])
-            .args(extra)
-            .output()
-            .expect("run ferry-criu dump")
+        let c = self.ns.cmd(env!("CARGO_BIN_EXE_ferry-criu"));
+        dump_cmd(c, self.pid, dir, extra)
     }
 
     fn restore(&self, dir: &Path, extra: &[&str]) -> Output {
@@ -235,37 +145,6 @@ impl Drop for Workload {
     }
 }
 
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our (subreaper) child by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped tree {pids:?} stays"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// `crit decode` (Debian's) must read the image; returns its JSON.
-fn crit(dir: &Path, img: &str) -> String {
-    let out = Command::new("/usr/bin/crit")
-        .args(["decode", "-i"])
-        .arg(dir.join(img))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit decode {img}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Every tcp-stream image of a dump, decoded.
 fn streams(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -279,28 +158,12 @@ fn streams(dir: &Path) -> Vec<String> {
 
 /// Two dump/restore rounds with `flags` on both; `check` looks at each image directory.
 fn two_rounds(w: &Workload, flags: &[&str], check: &dyn Fn(&Path)) {
-    for round in 0..2 {
-        let d = tempfile::tempdir().unwrap();
-        let out = w.dump(d.path(), flags);
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(d.path().join("dump.log")).unwrap_or_default()
-        );
-        check(d.path());
-        wait_gone(&w.pids);
-        let out = w.restore(d.path(), flags);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        for &p in &w.pids {
-            assert!(exists(p), "round {round}: pid {p} not restored");
-        }
-    }
+    support::two_rounds(
+        &w.pids,
+        |d| w.dump(d, flags),
+        |d| w.restore(d, flags),
+        check,
+    );
 }
 
 /// files.img must hold `n` INETSK entries, crit-decodable; the tcp-stream images must hold
@@ -382,8 +245,6 @@ fn udp_ipv6() {
     w.verify();
 }
 
-fn no_check(_: &Path) {}
-
 #[test]
 fn established_refused_without_the_flag() {
     let w = Workload::start("refuse");
@@ -402,12 +263,7 @@ fn established_refused_without_the_flag() {
     ] {
         assert!(err.contains(want), "{want:?} not in: {err}");
     }
-    for &p in &w.pids {
-        assert!(
-            exists(p) && !zombie(p),
-            "pid {p} did not survive the refusal"
-        );
-    }
+    assert_still_run(&w.pids);
     // A dump with the flag and a restore without it: refused by the restore, by name.
     let d2 = tempfile::tempdir().unwrap();
     let out = w.dump(d2.path(), &["--tcp-established", "--leave-running"]);

@@ -4,18 +4,20 @@
 //! where it stopped, on the new pipe. And CRIU's other classic: a stdout log file swapped for a
 //! new one (`--inherit-fd fd[1]:PATH`).
 
+mod crit;
 mod restore_common;
+mod support;
 mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
+use support::{dump_ok, spawn_session_to, wait_gone};
 
 fn pipe() -> (BufReader<std::fs::File>, OwnedFd) {
     let (r, w) = nix::unistd::pipe().expect("pipe");
@@ -54,30 +56,10 @@ fn watchdog(pid: u32, limit: Duration) -> std::sync::mpsc::Sender<()> {
     tx
 }
 
+/// Dumps `pid` (which must succeed) and waits until the dumped task is gone.
 fn dump(pid: u32, dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ferry-criu dump");
-    assert!(
-        out.status.success(),
-        "dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = Instant::now();
-    while exists(pid) {
-        let mut st = 0;
-        // SAFETY: reaps our child (or an orphan of ours as subreaper) by pid.
-        unsafe { libc::waitpid(pid as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "dumped task lives on"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    dump_ok(pid, dir, &[], "inherit-fd");
+    wait_gone(&[pid]);
 }
 
 /// `ferry-criu restore -d` with `stdout` as its fd 1 and the given --inherit-fd arguments.
@@ -100,23 +82,7 @@ fn inherit_fd_reconnects_a_stdout_pipe_to_a_new_one_two_cycles() {
     setup();
     let bin = workload::build("stdio_counter.c", "stdio_counter", &["-O1"]);
     let (mut r, w) = pipe();
-    let mut c = Command::new(&bin);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::from(w))
-        .stderr(Stdio::null());
-    // SAFETY: setsid and close_range in the child between fork and exec touch no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            // Only stdio: fds the test runner leaked (a build lock's flock) are not the test's.
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start the workload");
-    drop(c); // its copy of the pipe's write end: the workload must be the only writer
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid
+    let pid = spawn_session_to(Command::new(&bin), Stdio::from(w), "stdio_counter");
     let _k = Killer(vec![pid]);
     let mut last = 0;
     for _ in 0..3 {
@@ -228,20 +194,7 @@ fn inherit_fd_swaps_a_stdout_log_file_for_a_new_one() {
         .append(true)
         .open(&old_log)
         .unwrap();
-    let mut c = Command::new(&bin);
-    c.stdin(Stdio::null()).stdout(f).stderr(Stdio::null());
-    // SAFETY: setsid and close_range in the child between fork and exec touch no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start the workload");
-    drop(c);
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid
+    let pid = spawn_session_to(Command::new(&bin), Stdio::from(f), "stdio_counter");
     let _k = Killer(vec![pid]);
     first_count_in(&old_log);
     std::thread::sleep(Duration::from_millis(100));

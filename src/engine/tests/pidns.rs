@@ -3,6 +3,7 @@
 //! (`criu restore`: a new pid namespace made with clone3(CLONE_NEWPID)), twice in a row, each
 //! time checked from the inside.
 
+mod crit;
 mod pidns_common;
 
 use std::collections::BTreeMap;
@@ -11,54 +12,37 @@ use pidns_common::*;
 
 #[test]
 fn pidns_dump_restore_twice() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let mut guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    check_shape(&before);
-    assert_eq!(ns_pid(init), 1);
-
-    let mut host = init;
-    let mut last = before.clone();
-    for round in 0..2 {
-        let imgs = tempfile::tempdir().unwrap();
-        dump_and_check(host, imgs.path());
-        guard.0 = 0;
-        if round == 0 {
-            // The unshare process ends with its child, which the dump killed.
-            let _ = unshare.wait();
-        }
-        let dir = imgs.path().to_str().unwrap();
-        let pidfile = imgs.path().join("pid");
-        let out = criu(&[
-            "restore",
-            "-D",
-            dir,
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-        ]);
-        assert_ok(&out, "restore", &imgs.path().join("restore.log"));
-        host = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        guard.0 = host;
-        assert_ne!(host, 1);
-        assert_eq!(
-            ns_pid(host),
-            1,
-            "pidfile must hold the host pid of the new init"
-        );
-        let now = wait_reports(reports.path(), &counters(&last));
-        assert_same(&before, &now);
-        last = now;
-    }
+    two_cycles(
+        &|imgs| {
+            let pidfile = imgs.join("pid");
+            let out = criu(&[
+                "restore",
+                "-D",
+                imgs.to_str().unwrap(),
+                "-d",
+                "-v4",
+                "-o",
+                "restore.log",
+                "--pidfile",
+                pidfile.to_str().unwrap(),
+            ]);
+            assert_ok(&out, "restore", &imgs.join("restore.log"));
+            let host = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            (host, String::new())
+        },
+        &|_, host, _| {
+            assert_ne!(host, 1);
+            assert_eq!(
+                ns_pid(host),
+                1,
+                "pidfile must hold the host pid of the new init"
+            );
+        },
+    );
 }
 
 #[test]
@@ -168,15 +152,11 @@ fn pidns_dump_refuses_nested_namespace() {
 
 #[test]
 fn pidns_restore_failure_leaves_nothing() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    let _ = unshare.wait();
+    let Dumped {
+        reports,
+        imgs,
+        before,
+    } = dumped_tree();
     // Task "a1" (a grandchild) fails after the namespace and the rest of the tree exist.
     let a1 = before["a1"].pid.to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-criu"))

@@ -5,6 +5,7 @@
 //! checkpoint, goes on from there. Container-level images (mounts, cgroups, net, uts, ipc) are
 //! not restored here.
 
+mod crit;
 mod pidns_common;
 
 use std::path::Path;

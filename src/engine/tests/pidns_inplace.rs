@@ -7,6 +7,7 @@
 //! directory, an exe that is not there), come back with the engine's message and nothing left
 //! running.
 
+mod crit;
 mod pidns_common;
 
 use std::collections::BTreeMap;
@@ -29,57 +30,36 @@ fn harness(dir: &Path, env: &[(&str, &str)]) -> Output {
 
 #[test]
 fn pidns_in_place_restore_twice() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let mut guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    check_shape(&before);
-
-    let mut host = init;
-    let mut last = before.clone();
-    for round in 0..2 {
-        let imgs = tempfile::tempdir().unwrap();
-        dump_and_check(host, imgs.path());
-        guard.0 = 0;
-        if round == 0 {
-            // The unshare process ends with its child, which the dump killed.
-            let _ = unshare.wait();
-        }
-        let out = harness(imgs.path(), &[]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_ok(&out, "in-place restore", &imgs.path().join("restore.log"));
-        // "<host pid of PID 1> ok <ns pids...>"
-        let mut w = stdout.split_whitespace();
-        host = w.next().unwrap().parse().unwrap();
-        guard.0 = host;
-        assert_eq!(w.next(), Some("ok"), "{stdout}");
-        let pids: Vec<&str> = w.collect();
-        assert_eq!(pids.len(), 4, "{stdout}");
-        assert_eq!(pids[0], "1");
-        assert_eq!(ns_pid(host), 1);
-        // Exactly the checkpointed processes: PID 1 and its three descendants, no helper (and
-        // no zombie of one) among them.
-        let below = processes_below(host);
-        assert_eq!(below.len(), 4, "round {round}: {below:?}");
-        let now = wait_reports(reports.path(), &counters(&last));
-        assert_same(&before, &now);
-        last = now;
-    }
+    two_cycles(
+        &|imgs| {
+            let out = harness(imgs, &[]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_ok(&out, "in-place restore", &imgs.join("restore.log"));
+            // "<host pid of PID 1> ok <ns pids...>"
+            (host_in(&stdout), stdout)
+        },
+        &|round, host, stdout| {
+            let mut w = stdout.split_whitespace().skip(1);
+            assert_eq!(w.next(), Some("ok"), "{stdout}");
+            let pids: Vec<&str> = w.collect();
+            assert_eq!(pids.len(), 4, "{stdout}");
+            assert_eq!(pids[0], "1");
+            assert_eq!(ns_pid(host), 1);
+            // Exactly the checkpointed processes: PID 1 and its three descendants, no helper
+            // (and no zombie of one) among them.
+            let below = processes_below(host);
+            assert_eq!(below.len(), 4, "round {round}: {below:?}");
+        },
+    );
 }
 
 #[test]
 fn pidns_in_place_failure_is_reported_before_the_jump() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    let before = wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    // The unshare process ends with its child, which the dump killed.
-    let _ = unshare.wait();
+    let Dumped {
+        reports,
+        imgs,
+        before,
+    } = dumped_tree();
     // Task "b" fails after its children exist: PID 1 must get the error back, not jump.
     let b = before["b"].pid.to_string();
     let out = harness(imgs.path(), &[("FERRY_TEST_FAIL_TASK", &b)]);
@@ -90,7 +70,7 @@ fn pidns_in_place_failure_is_reported_before_the_jump() {
         stdout.contains("error:") && stdout.contains("injected failure"),
         "{stdout}"
     );
-    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let host = host_in(&stdout);
     assert!(
         !Path::new(&format!("/proc/{host}")).exists(),
         "the init still exists"
@@ -98,22 +78,12 @@ fn pidns_in_place_failure_is_reported_before_the_jump() {
     // PID 1 got the error back and exited with it (rather than being killed).
     assert!(stdout.contains("init exited with 1"), "{stdout}\n{stderr}");
     // Nothing of the tree reports any more.
-    let c = counters(&wait_reports_none(reports.path()));
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+    assert_no_report_moves(reports.path());
 }
 
 #[test]
 fn pidns_in_place_failure_after_the_jump_takes_the_namespace_down() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    let _ = unshare.wait();
+    let Dumped { reports, imgs, .. } = dumped_tree();
     // PID 1's own restorer fails after it has unmapped PID 1's old memory: past the point of
     // no return, so the outside half reports and the namespace goes down with its init.
     let out = harness(imgs.path(), &[("FERRY_TEST_FAIL_RESTORER", "1")]);
@@ -123,30 +93,20 @@ fn pidns_in_place_failure_after_the_jump_takes_the_namespace_down() {
         stdout.contains("error: ") && stdout.contains("restorer failed"),
         "{stdout}"
     );
-    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let host = host_in(&stdout);
     assert!(!Path::new(&format!("/proc/{host}")).exists(), "{stdout}");
-    let c = counters(&wait_reports_none(reports.path()));
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+    assert_no_report_moves(reports.path());
 }
 
 #[test]
 fn pidns_in_place_runtime_death_takes_the_namespace_down() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    let _ = unshare.wait();
+    let Dumped { reports, imgs, .. } = dumped_tree();
     // The outside half dies while every task waits in the restorer (PID 1 too, past the point
     // of no return): PTRACE_O_EXITKILL kills PID 1, and the kernel the namespace.
     let out = harness(imgs.path(), &[("FERRY_TEST_OUTSIDE_DIES", "1")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
-    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let host = host_in(&stdout);
     // The dead harness's child comes to us (a subreaper): reap it.
     let start = std::time::Instant::now();
     let mut st = 0;
@@ -162,9 +122,27 @@ fn pidns_in_place_runtime_death_takes_the_namespace_down() {
         libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
         "killed by EXITKILL: {st:#x}"
     );
-    let c = counters(&wait_reports_none(reports.path()));
+    assert_no_report_moves(reports.path());
+}
+
+/// The init's host pid, the first word of the harness's stdout.
+fn host_in(stdout: &str) -> i32 {
+    stdout
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no host pid in the harness's output: {stdout}"))
+}
+
+/// Nothing of the tree reports any more: the counters stand still.
+fn assert_no_report_moves(dir: &Path) {
+    let c = counters(&wait_reports_none(dir));
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(c, counters(&wait_reports_none(reports.path())));
+    assert_eq!(
+        c,
+        counters(&wait_reports_none(dir)),
+        "some task of the namespace still reports"
+    );
 }
 
 fn wait_reports_none(dir: &Path) -> BTreeMap<String, Report> {
@@ -212,21 +190,18 @@ fn assert_early_error(dir: &Path, want: &str) {
         "{stdout}"
     );
     assert!(stdout.contains("init exited with 1"), "{stdout}");
-    let host: i32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    let host = host_in(&stdout);
     assert!(!Path::new(&format!("/proc/{host}")).exists(), "{stdout}");
 }
 
 #[test]
 fn pidns_in_place_errors_before_the_plan_are_reported() {
-    subreaper();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start(reports.path());
-    let guard = NsGuard(init);
-    wait_reports(reports.path(), &BTreeMap::new());
-    let imgs = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs.path());
-    drop(guard);
-    let _ = unshare.wait();
+    // The reports directories stay: the images hold files the tree had open in them.
+    let Dumped {
+        reports: _reports,
+        imgs,
+        ..
+    } = dumped_tree();
 
     // A broken image directory: the tree image is not a protobuf stream of pstree entries.
     let broken = tempfile::tempdir().unwrap();
@@ -238,14 +213,11 @@ fn pidns_in_place_errors_before_the_plan_are_reported() {
     let exe_dir = tempfile::tempdir().unwrap();
     let exe = exe_dir.path().join("pidns_tree");
     std::fs::copy(workload(), &exe).unwrap();
-    let reports = tempfile::tempdir().unwrap();
-    let (mut unshare, init) = start_exe(&exe, reports.path());
-    let guard = NsGuard(init);
-    wait_reports(reports.path(), &BTreeMap::new());
-    let imgs2 = tempfile::tempdir().unwrap();
-    dump_and_check(init, imgs2.path());
-    drop(guard);
-    let _ = unshare.wait();
+    let Dumped {
+        reports: _reports2,
+        imgs: imgs2,
+        ..
+    } = dumped_tree_of(&exe);
     std::fs::remove_file(&exe).unwrap();
     assert_early_error(imgs2.path(), "pidns_tree");
 }

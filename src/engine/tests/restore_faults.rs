@@ -19,7 +19,7 @@ fn fails(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn missing_page_file() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let d = fixture("sigs");
     std::fs::remove_file(d.path().join("pages-1.img")).unwrap();
@@ -31,7 +31,7 @@ fn missing_page_file() {
 
 #[test]
 fn truncated_core() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let d = copy_images(&std::path::Path::new(FIXTURES).join("corrupt/core-truncated-mid-entry"));
     let err = fails(d.path(), &[]);
@@ -41,7 +41,7 @@ fn truncated_core() {
 
 #[test]
 fn pagemap_past_pages_file() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let d = copy_images(
         &std::path::Path::new(FIXTURES).join("corrupt/pagemap-nr-pages-exceeds-pages-file"),
@@ -65,7 +65,7 @@ impl Drop for Reinstall {
 
 #[test]
 fn executable_changed() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let _r = Reinstall;
     let d = fixture("sigs");
@@ -102,7 +102,7 @@ fn executable_changed() {
 
 #[test]
 fn pid_taken() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let _k = Killer(vec![8612]);
     let first = fixture("sigs");
@@ -125,7 +125,7 @@ fn pid_taken() {
 
 #[test]
 fn failure_after_fork_kills_the_whole_tree() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let _k = Killer(vec![8773, 8774, 8772]);
     let d = fixture("tree");
@@ -150,7 +150,7 @@ fn failure_after_fork_kills_the_whole_tree() {
 
 #[test]
 fn failure_inside_the_restorer_kills_the_whole_tree() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let _k = Killer(vec![8773, 8774, 8772]);
     let d = fixture("tree");

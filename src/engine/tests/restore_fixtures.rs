@@ -33,7 +33,7 @@ fn restore_ok_with(name: &str, relative: bool) -> (tempfile::TempDir, u32) {
 
 #[test]
 fn restore_loop_twice() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let bin = "/tmp/ferry-fixture/bin/loop";
     let _k = Killer(vec![8174]);
@@ -82,7 +82,7 @@ fn restore_loop_twice() {
 
 #[test]
 fn restore_sigs_twice() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let bin = "/tmp/ferry-fixture/bin/sigs";
     let _k = Killer(vec![8612]);
@@ -140,7 +140,7 @@ fn ino_of_shm(pid: u32) -> String {
 
 #[test]
 fn restore_tree_twice() {
-    let _g = lock();
+    let _g = fixture_lock();
     setup();
     let pids = [8772u32, 8773, 8774];
     let _k = Killer(vec![8773, 8774, 8772]);

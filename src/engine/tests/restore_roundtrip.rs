@@ -3,65 +3,37 @@
 //! after each restore the task is checked from the outside (pids, maps, memory pattern, signal
 //! state, timers) and must run on.
 
+mod crit;
 mod restore_common;
+mod support;
+mod workload;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
+use support::{dump_ok, restore_ok, spawn_session, wait_gone};
 
-/// Starts a fixture workload as a session leader with /dev/null stdio; returns its pid.
+/// Starts a fixture workload ([`spawn_session`]) and lets it set itself up; returns its pid.
 fn start(bin: &str) -> u32 {
-    let mut c = Command::new(bin);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid in the child between fork and exec touches no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start workload");
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid below
-                             // Let it set itself up.
+    let pid = spawn_session(Command::new(bin), bin);
     std::thread::sleep(Duration::from_millis(300));
     pid
 }
 
 fn dump(pid: u32, dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .output()
-        .expect("run ferry-criu dump");
-    assert!(
-        out.status.success(),
-        "dump of {pid} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dump_ok(pid, dir, &[], "roundtrip");
 }
 
-/// Waits until the dumped (and killed) tree is gone, reaping what is ours.
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped tree {pids:?} did not go away"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The `loop` fixture started, dumped and gone: its pid, [`Killer`] and images.
+fn dumped_loop() -> (u32, Killer, tempfile::TempDir) {
+    let pid = start("/tmp/ferry-fixture/bin/loop");
+    let k = Killer(vec![pid]);
+    let d = tempfile::tempdir().unwrap();
+    dump(pid, d.path());
+    wait_gone(&[pid]);
+    (pid, k, d)
 }
 
 fn cycle(pids: &[u32], check: &dyn Fn()) {
@@ -70,13 +42,7 @@ fn cycle(pids: &[u32], check: &dyn Fn()) {
         let before: Vec<Vec<String>> = pids.iter().map(|&p| maps(p)).collect();
         dump(pids[0], d.path());
         wait_gone(pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        restore_ok(d.path(), &format!("round {round}"));
         for (i, &p) in pids.iter().enumerate() {
             assert_eq!(maps(p), before[i], "round {round}: maps of {p}");
             assert_runs(p);
@@ -179,11 +145,7 @@ fn roundtrip_tree() {
 fn corrupted_pages_are_caught_by_the_manifest() {
     let _g = lock();
     setup();
-    let pid = start("/tmp/ferry-fixture/bin/loop");
-    let _k = Killer(vec![pid]);
-    let d = tempfile::tempdir().unwrap();
-    dump(pid, d.path());
-    wait_gone(&[pid]);
+    let (pid, _k, d) = dumped_loop();
     // One flipped byte in the page data: same size, so only the checksum can tell.
     let p = d.path().join("pages-1.img");
     let mut b = std::fs::read(&p).unwrap();
@@ -204,11 +166,7 @@ fn corrupted_pages_are_caught_by_the_manifest() {
 fn attached_restore_waits_for_the_root() {
     let _g = lock();
     setup();
-    let pid = start("/tmp/ferry-fixture/bin/loop");
-    let _k = Killer(vec![pid]);
-    let d = tempfile::tempdir().unwrap();
-    dump(pid, d.path());
-    wait_gone(&[pid]);
+    let (pid, _k, d) = dumped_loop();
     // Without -d ferry stays the root's parent and exits with its status.
     let pidfile = d.path().join("pid");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
@@ -287,34 +245,12 @@ fn roundtrip_layout_avx_timers() {
     let _g = lock();
     setup();
     let work = tempfile::tempdir().unwrap();
-    let bin = work.path().join("layout");
-    let st = Command::new("gcc")
-        .args(["-O1", "-static", "-mavx2", "-o"])
-        .arg(&bin)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/workloads/layout.c"
-        ))
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc layout.c");
+    let bin = workload::build("layout.c", "layout", &["-O1", "-mavx2"]);
     let status = work.path().join("status");
     let data = work.path().join("data.bin");
     let mut c = Command::new(&bin);
     c.arg(&status).arg(&data);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid between fork and exec touches no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c.spawn().unwrap();
-    let pid = child.id();
-    std::mem::forget(child);
+    let pid = spawn_session(c, "layout");
     let _k = Killer(vec![pid]);
     let wait_gen = |n: u64| {
         let t = Instant::now();
@@ -369,18 +305,7 @@ fn proc_state(pid: u32) -> char {
 fn roundtrip_zombie_and_stopped() {
     let _g = lock();
     setup();
-    let work = tempfile::tempdir().unwrap();
-    let bin = work.path().join("zombie_stop");
-    let st = Command::new("gcc")
-        .args(["-O1", "-static", "-o"])
-        .arg(&bin)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/workloads/zombie_stop.c"
-        ))
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc zombie_stop.c");
+    let bin = workload::build("zombie_stop.c", "zombie_stop", &["-O1"]);
     let root = start(bin.to_str().unwrap());
     let kids = children_of(root);
     assert_eq!(kids.len(), 2);
@@ -447,19 +372,9 @@ fn thread_pending(pid: u32) -> Vec<(u32, String, String)> {
     v
 }
 
-/// Builds tests/workloads/thread_sig.c into `work`; returns the binary's path.
-fn thread_sig(work: &Path) -> String {
-    let bin = work.join("thread_sig");
-    let st = Command::new("gcc")
-        .args(["-O1", "-static", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/workloads/thread_sig.c"
-        ))
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc thread_sig.c");
+/// Builds tests/workloads/thread_sig.c; returns the binary's path.
+fn thread_sig() -> String {
+    let bin = workload::build("thread_sig.c", "thread_sig", &["-O1", "-pthread"]);
     bin.to_str().unwrap().to_string()
 }
 
@@ -484,8 +399,7 @@ fn pdeath_sigs(dir: &Path, pid: u32) -> Vec<Option<u32>> {
 fn roundtrip_per_thread_pdeath_signal() {
     let _g = lock();
     setup();
-    let work = tempfile::tempdir().unwrap();
-    let pid = start(&thread_sig(work.path()));
+    let pid = start(&thread_sig());
     let _k = Killer(vec![pid]);
     let want = vec![Some(libc::SIGWINCH as u32), Some(libc::SIGURG as u32)];
     for round in 0..2 {
@@ -493,13 +407,7 @@ fn roundtrip_per_thread_pdeath_signal() {
         dump(pid, d.path());
         assert_eq!(pdeath_sigs(d.path(), pid), want, "round {round}");
         wait_gone(&[pid]);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        restore_ok(d.path(), &format!("round {round}"));
         assert_runs(pid);
     }
 }
@@ -510,8 +418,7 @@ fn roundtrip_per_thread_pdeath_signal() {
 fn roundtrip_thread_pending_signals() {
     let _g = lock();
     setup();
-    let work = tempfile::tempdir().unwrap();
-    let pid = start(&thread_sig(work.path()));
+    let pid = start(&thread_sig());
     let _k = Killer(vec![pid]);
     let want = thread_pending(pid);
     assert_eq!(want.len(), 2);

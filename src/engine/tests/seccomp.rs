@@ -7,15 +7,16 @@
 //! Also: the dumpee's two stacked filters (one with SECCOMP_FILTER_FLAG_LOG), and a filter
 //! returning SECCOMP_RET_USER_NOTIF refused by name at dump (the task runs on).
 
+mod crit;
 mod restore_common;
+mod support;
 mod workload;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
+use support::{assert_ok, dump, restore_ok, start, verdict, wait_gone};
 
 fn chains_bin(libseccomp: bool) -> PathBuf {
     if libseccomp {
@@ -37,64 +38,6 @@ fn chains_bin(libseccomp: bool) -> PathBuf {
             "seccomp-chains",
             &["-O1", "-pthread", "-Wall"],
         )
-    }
-}
-
-/// Starts a workload as a session leader with /dev/null stdio; with `ready`, waits for it.
-fn start(bin: &Path, args: &[&str], ready: Option<&Path>) -> u32 {
-    let mut c = Command::new(bin);
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid in the child between fork and exec touches no shared state.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = c.spawn().expect("start workload");
-    let pid = child.id();
-    std::mem::forget(child); // reaped by pid (Killer)
-    if let Some(r) = ready {
-        let t = Instant::now();
-        while !r.exists() {
-            assert!(
-                exists(pid),
-                "workload {} died while preparing",
-                bin.display()
-            );
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "workload never got ready"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    pid
-}
-
-fn dump(pid: u32, dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .output()
-        .expect("run ferry-criu dump")
-}
-
-fn wait_gone(pid: u32) {
-    let start = Instant::now();
-    while exists(pid) {
-        let mut st = 0;
-        // SAFETY: reaps our child (or subreaper orphan) by pid; harmless otherwise.
-        unsafe { libc::waitpid(pid as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped task {pid} did not go away"
-        );
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -130,24 +73,14 @@ fn two_cycles(pid: u32, work: Option<&Path>) {
     for round in 0..2 {
         let before = seccomp_view(pid);
         let d = tempfile::tempdir().unwrap();
-        let out = dump(pid, d.path());
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = dump(pid, d.path(), &[]);
+        assert_ok(&out, d.path(), &format!("round {round}: dump"));
         assert!(
             d.path().join("seccomp.img").exists(),
             "round {round}: no seccomp.img"
         );
-        wait_gone(pid);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
+        wait_gone(&[pid]);
+        restore_ok(d.path(), &format!("round {round}"));
         assert!(exists(pid), "round {round}: restored task {pid} is gone");
         assert_eq!(
             seccomp_view(pid),
@@ -156,19 +89,7 @@ fn two_cycles(pid: u32, work: Option<&Path>) {
         );
     }
     let Some(work) = work else { return };
-    // SAFETY: a signal by pid to the task this test restored.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let res = work.join("result");
-    let t = Instant::now();
-    while !res.exists() {
-        assert!(exists(pid), "workload died while verifying");
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no verdict from the workload"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+    assert_eq!(verdict(pid, work), "PASS");
 }
 
 fn run_mode(mode: &str, libseccomp: bool) {
@@ -236,7 +157,7 @@ fn seccomp_user_notif_filter_fails_the_dump_by_name_and_the_task_runs_on() {
     let _k = Killer(vec![pid]);
     let before = seccomp_view(pid);
     let d = tempfile::tempdir().unwrap();
-    let out = dump(pid, d.path());
+    let out = dump(pid, d.path(), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -251,19 +172,7 @@ fn seccomp_user_notif_filter_fails_the_dump_by_name_and_the_task_runs_on() {
     assert!(state.starts_with('S') || state.starts_with('R'), "{state}");
     assert_eq!(status_field(pid, "TracerPid"), "0");
     assert_eq!(seccomp_view(pid), before);
-    // SAFETY: a signal by pid to the workload this test started.
-    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let res = work.path().join("result");
-    let t = Instant::now();
-    while !res.exists() {
-        assert!(exists(pid), "workload died while verifying");
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no verdict from the workload"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(std::fs::read_to_string(res).unwrap().trim(), "PASS");
+    assert_eq!(verdict(pid, work.path()), "PASS");
 }
 
 #[test]
@@ -276,13 +185,13 @@ fn seccomp_filter_the_kernel_refuses_fails_the_restore_by_step_and_leaves_nothin
     let pid = start(&bin, &["single", dir], Some(&work.path().join("ready")));
     let _k = Killer(vec![pid]);
     let d = tempfile::tempdir().unwrap();
-    let out = dump(pid, d.path());
+    let out = dump(pid, d.path(), &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_gone(pid);
+    wait_gone(&[pid]);
     // The newest filter becomes a program the kernel's checker rejects (an unknown opcode):
     // well-formed in the image, so only the install in the restorer can fail.
     let img = ImageDir::open(d.path()).unwrap();

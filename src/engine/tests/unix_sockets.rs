@@ -4,42 +4,25 @@
 //! accepting, shutdown state, shared descriptions) and writes PASS or what failed.
 //! Cases ferry refuses must fail the dump with a clear error and leave the tree running.
 
+mod crit;
 mod restore_common;
+mod support;
+mod workload;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use restore_common::{exists, kill_all, log_of, restore};
+use restore_common::{kill_all, restore};
+use support::{
+    assert_none_left, assert_ok, assert_still_run, crit, dump, no_check, restore_ok, spawn_session,
+    tree, verify_pass_and_exit, wait_gone, wait_ready_or_failed,
+};
 
-/// Builds workload `name` (tests/workloads/NAME.c) once per source version, under a file lock
-/// (nextest runs test processes in parallel).
 fn workload_bin(name: &str) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
-    let text = std::fs::read(&src).unwrap();
-    let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join(format!("ferry-{name}-{hash:016x}"));
-    let lock = std::fs::File::create(dir.join("ferry-unix-sk.lock")).unwrap();
-    // SAFETY: flock on a file we hold open; released when it is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    if !out.exists() {
-        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let st = Command::new("gcc")
-            .args(["-O1", "-static", "-Wall", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("run gcc");
-        assert!(st.success(), "gcc {name}.c failed: {st}");
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
+    workload::build(&format!("{name}.c"), name, &["-O1", "-Wall"])
 }
 
 /// A running workload tree; killed by pid and its directory removed on drop.
@@ -47,23 +30,6 @@ struct Workload {
     pid: u32,
     dir: tempfile::TempDir,
     pids: Vec<u32>,
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(c.split_whitespace().filter_map(|s| s.parse::<u32>().ok()));
-        }
-        i += 1;
-    }
-    out
 }
 
 impl Workload {
@@ -89,36 +55,14 @@ impl Workload {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let mut c = Command::new(workload_bin(bin));
         c.args([mode]).arg(dir.path());
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: setsid between fork and exec touches no shared state.
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = c.spawn().expect("start unix_sk");
-        let pid = child.id();
-        std::mem::forget(child); // reaped by pid
+        let pid = spawn_session(c, bin);
         let mut w = Workload {
             pid,
             dir,
             pids: vec![pid],
         };
-        let start = Instant::now();
-        while !w.dir.path().join("ready").exists() {
-            if let Ok(r) = std::fs::read_to_string(w.dir.path().join("result")) {
-                panic!("workload {mode} failed while preparing: {r}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "workload {mode} never got ready"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        w.pids = children(pid);
+        wait_ready_or_failed(w.path(), mode);
+        w.pids = tree(pid);
         w
     }
 
@@ -128,30 +72,23 @@ impl Workload {
 
     /// Sends the go signal and waits for the workload's own verdict.
     fn verify(&self) {
-        // SAFETY: a signal to the workload we started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGUSR1) };
-        let res = self.path().join("result");
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = std::fs::read_to_string(&res) {
-                let child = std::fs::read_to_string(self.path().join("child-result"));
-                assert_eq!(r, "PASS", "workload verdict (child: {child:?})");
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "no verdict from the workload"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let start = Instant::now();
-        while self.pids.iter().any(|&p| exists(p) && !zombie(p)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "workload did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let child = || {
+            let c = std::fs::read_to_string(self.path().join("child-result"));
+            format!(" (child: {c:?})")
+        };
+        verify_pass_and_exit(
+            self.pid,
+            &self.pids,
+            self.path(),
+            Duration::from_secs(15),
+            child,
+        );
+    }
+
+    /// Dumps the tree, which must succeed, and waits until it is gone.
+    fn dump_gone(&self, d: &Path) {
+        assert_ok(&dump(self.pid, d, &[]), d, "dump");
+        wait_gone(&self.pids);
     }
 }
 
@@ -161,83 +98,15 @@ impl Drop for Workload {
     }
 }
 
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
-fn dump(pid: u32, dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry-criu"))
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-v4", "-o", "dump.log"])
-        .args(extra)
-        .output()
-        .expect("run ferry-criu dump")
-}
-
-fn wait_gone(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: reaps our (subreaper) child by pid; harmless otherwise.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dumped tree {pids:?} stays"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// `crit decode` (Debian's) must read the image; returns its JSON.
-fn crit(dir: &Path, img: &str) -> String {
-    let out = Command::new("/usr/bin/crit")
-        .args(["decode", "-i"])
-        .arg(dir.join(img))
-        .output()
-        .expect("run crit");
-    assert!(
-        out.status.success(),
-        "crit decode {img}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Two dump/restore rounds; `check` looks at each image directory.
 fn two_rounds(w: &Workload, extra: &[&str], check: &dyn Fn(&Path)) {
-    for round in 0..2 {
-        let d = tempfile::tempdir().unwrap();
-        let out = dump(w.pid, d.path(), extra);
-        assert!(
-            out.status.success(),
-            "round {round}: dump failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(d.path().join("dump.log")).unwrap_or_default()
-        );
-        check(d.path());
-        wait_gone(&w.pids);
-        let out = restore(d.path(), &[]);
-        assert!(
-            out.status.success(),
-            "round {round}: restore failed: {}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            log_of(d.path())
-        );
-        for &p in &w.pids {
-            assert!(exists(p), "round {round}: pid {p} not restored");
-        }
-    }
+    support::two_rounds(
+        &w.pids,
+        |d| dump(w.pid, d, extra),
+        |d| restore(d, &[]),
+        check,
+    );
 }
-
-fn no_check(_: &Path) {}
 
 #[test]
 fn socketpairs_of_every_type_in_one_task() {
@@ -358,12 +227,7 @@ fn expect_refused(w: &Workload, extra: &[&str], what: &[&str]) {
         err.contains(&format!("task {}", w.pid)),
         "error names the task: {err}"
     );
-    for &p in &w.pids {
-        assert!(
-            exists(p) && !zombie(p),
-            "pid {p} must keep running after a refused dump"
-        );
-    }
+    assert_still_run(&w.pids);
 }
 
 #[test]
@@ -499,13 +363,7 @@ fn files_in_flight_survive_two_cycles() {
 fn restore_of_a_file_in_flight_that_is_gone_fails_cleanly_then_succeeds() {
     let w = Workload::start_of("unix_scm", "inflight");
     let d = tempfile::tempdir().unwrap();
-    let out = dump(w.pid, d.path(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_gone(&w.pids);
+    w.dump_gone(d.path());
     let only = w.path().join("only.txt");
     std::fs::rename(&only, w.path().join("only.txt.away")).unwrap();
     let out = restore(d.path(), &[]);
@@ -518,24 +376,13 @@ fn restore_of_a_file_in_flight_that_is_gone_fails_cleanly_then_succeeds() {
         err.contains("in flight") && err.contains("only.txt") && err.contains("queue of socket id"),
         "error does not name the file and the queue: {err}"
     );
-    for &p in &w.pids {
-        assert!(
-            !exists(p) || zombie(p),
-            "pid {p} left behind by a failed restore"
-        );
-    }
+    assert_none_left(&w.pids);
     assert!(
         !w.path().join("l.sock").exists(),
         "a failed restore left the listener's socket file behind"
     );
     std::fs::rename(w.path().join("only.txt.away"), &only).unwrap();
-    let out = restore(d.path(), &[]);
-    assert!(
-        out.status.success(),
-        "restore failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log_of(d.path())
-    );
+    restore_ok(d.path(), "second try");
     w.verify();
 }
 
@@ -596,13 +443,7 @@ fn data_in_a_connection_not_accepted_yet_is_refused_and_kept() {
 fn restore_refuses_a_name_taken_by_a_live_socket_then_succeeds() {
     let w = Workload::start("named");
     let d = tempfile::tempdir().unwrap();
-    let out = dump(w.pid, d.path(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_gone(&w.pids);
+    w.dump_gone(d.path());
     // Someone else listens on the name now: the restore must fail cleanly.
     // (dgram.sock is bound after listen.sock, which the failed restore must remove again.)
     let path = w.path().join("dgram.sock");
@@ -615,24 +456,13 @@ fn restore_refuses_a_name_taken_by_a_live_socket_then_succeeds() {
         err.contains("in use by a live socket") && err.contains("dgram.sock"),
         "error does not say which name is taken: {err}"
     );
-    for &p in &w.pids {
-        assert!(
-            !exists(p) || zombie(p),
-            "pid {p} left behind by a failed restore"
-        );
-    }
+    assert_none_left(&w.pids);
     assert!(
         !w.path().join("listen.sock").exists(),
         "a failed restore left a socket file behind"
     );
     drop(blocker);
-    let out = restore(d.path(), &[]);
-    assert!(
-        out.status.success(),
-        "restore failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log_of(d.path())
-    );
+    restore_ok(d.path(), "second try");
     w.verify();
 }
 

@@ -176,24 +176,10 @@ pub fn assert_ok(out: &Output, dir: &Path) {
 
 /// Debian's crit decodes every protobuf image; ferry-images verifies the directory.
 pub fn check_images(dir: &Path) {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with("pages-") || name.ends_with(".log") || name.ends_with(".json") {
-            continue;
-        }
-        let out = Command::new("/usr/bin/crit")
-            .args(["decode", "-i"])
-            .arg(dir.join(&name))
-            .output()
-            .expect("run crit");
-        assert!(
-            out.status.success(),
-            "crit decode {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        n += 1;
-    }
+    let n = super::crit::decode_all(dir, |n| {
+        !(n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json"))
+    })
+    .len();
     assert!(n >= 10, "only {n} images decoded");
     let d = ImageDir::open(dir).unwrap();
     let r = ferry_images::verify::verify(&d);

@@ -206,22 +206,9 @@ pub fn dump_and_check(root: i32, dir: &Path) {
     let dir_s = dir.to_str().unwrap();
     let out = criu(&["dump", "-t", &pid, "-D", dir_s, "-v4", "-o", "dump.log"]);
     assert_ok(&out, "dump", &dir.join("dump.log"));
-    for e in std::fs::read_dir(dir).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with("pages-") || name.ends_with(".log") || name.contains("manifest") {
-            continue;
-        }
-        let out = Command::new("/usr/bin/crit")
-            .args(["decode", "-i"])
-            .arg(dir.join(&name))
-            .output()
-            .expect("run crit");
-        assert!(
-            out.status.success(),
-            "crit decode {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    super::crit::decode_all(dir, |n| {
+        !(n.starts_with("pages-") || n.ends_with(".log") || n.contains("manifest"))
+    });
     let d = ImageDir::open(dir).unwrap();
     let ps: Vec<pb::PstreeEntry> = d.read_entries("pstree.img").unwrap();
     assert_eq!(ps.len(), 4, "{ps:?}");
@@ -274,5 +261,71 @@ impl Drop for NsGuard {
         if self.0 > 0 {
             kill_ns(self.0);
         }
+    }
+}
+
+/// A tree checkpointed from its own pid namespace: its reports directory, its images and the
+/// reports it gave before the dump (which killed it).
+pub struct Dumped {
+    pub reports: tempfile::TempDir,
+    pub imgs: tempfile::TempDir,
+    pub before: BTreeMap<String, Report>,
+}
+
+/// Starts the workload at `exe` as PID 1 of a new pid namespace ([`start_exe`]), waits for its
+/// first reports, dumps it ([`dump_and_check`]) and waits for the unshare process that ends
+/// with it; the namespace is killed by pid if any step fails.
+pub fn dumped_tree_of(exe: &Path) -> Dumped {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start_exe(exe, reports.path());
+    let guard = NsGuard(init);
+    let before = wait_reports(reports.path(), &BTreeMap::new());
+    let imgs = tempfile::tempdir().unwrap();
+    dump_and_check(init, imgs.path());
+    drop(guard);
+    let _ = unshare.wait();
+    Dumped {
+        reports,
+        imgs,
+        before,
+    }
+}
+
+/// [`dumped_tree_of`] the workload itself.
+pub fn dumped_tree() -> Dumped {
+    dumped_tree_of(&workload())
+}
+
+/// Two checkpoints of the tree in its own pid namespace: each round dumps it ([`dump_and_check`]),
+/// `restore` brings it back from the images and returns the new init's host pid (killed by pid
+/// from then on) with what to check, `check(round, host, what)` looks at it, and every task
+/// must report as before the first dump.
+pub fn two_cycles(restore: &dyn Fn(&Path) -> (i32, String), check: &dyn Fn(usize, i32, &str)) {
+    subreaper();
+    let reports = tempfile::tempdir().unwrap();
+    let (mut unshare, init) = start(reports.path());
+    let mut guard = NsGuard(init);
+    let before = wait_reports(reports.path(), &BTreeMap::new());
+    check_shape(&before);
+    assert_eq!(ns_pid(init), 1, "the workload is its namespace's init");
+
+    let mut host = init;
+    let mut last = before.clone();
+    for round in 0..2 {
+        let imgs = tempfile::tempdir().unwrap();
+        dump_and_check(host, imgs.path());
+        guard.0 = 0;
+        if round == 0 {
+            // The unshare process ends with its child, which the dump killed.
+            let _ = unshare.wait();
+        }
+        let (h, what) = restore(imgs.path());
+        host = h;
+        guard.0 = host;
+        check(round, host, &what);
+        let now = wait_reports(reports.path(), &counters(&last));
+        assert_same(&before, &now);
+        last = now;
     }
 }

@@ -15,6 +15,23 @@ pub fn lock() -> MutexGuard<'static, ()> {
     L.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Held while a test restores the CRIU fixtures: their tasks take fixed pids and their binaries
+/// sit at fixed paths, and nextest runs every test in a process of its own, from several test
+/// binaries at once, so [`lock`] alone does not keep two such restores apart. An flock on one
+/// file does (across processes, and across threads too: each call opens the file anew).
+pub struct FixtureLock(std::fs::File);
+
+pub fn fixture_lock() -> FixtureLock {
+    let path = Path::new("/tmp/ferry-fixture/pids.lock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    // SAFETY: flock on a file this guard holds open (close-on-exec); released when it is closed.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(r, 0, "flock {}", path.display());
+    FixtureLock(f)
+}
+
 /// Installs the fixture binaries where the images expect them (byte-identical), and makes
 /// this test process a child subreaper so restored trees (orphaned when ferry exits) are ours
 /// to reap after a kill.
@@ -94,6 +111,11 @@ pub fn kill_all(pids: &[u32]) {
         // SAFETY: SIGKILL by pid to tasks this test restored.
         unsafe { libc::kill(p as i32, libc::SIGKILL) };
     }
+    reap(pids);
+}
+
+/// Waits (10 s at most) until none of `pids` is in /proc, reaping our (subreaper) children.
+fn reap(pids: &[u32]) {
     let start = Instant::now();
     while pids.iter().any(|&p| exists(p)) && start.elapsed() < Duration::from_secs(10) {
         for &p in pids {
@@ -116,16 +138,7 @@ impl Drop for Killer {
 
 /// Asserts none of `pids` exists (bounded wait for zombies to be reaped).
 pub fn assert_gone(pids: &[u32]) {
-    kill_all(&[]);
-    let start = Instant::now();
-    while pids.iter().any(|&p| exists(p)) && start.elapsed() < Duration::from_secs(10) {
-        for &p in pids {
-            let mut st = 0;
-            // SAFETY: as in kill_all.
-            unsafe { libc::waitpid(p as i32, &mut st, libc::WNOHANG | libc::__WALL) };
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    reap(pids);
     for &p in pids {
         assert!(!exists(p), "pid {p} still exists after a failed restore");
     }
