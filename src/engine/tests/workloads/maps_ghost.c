@@ -89,20 +89,15 @@ int main(int argc, char **argv)
 		return 6;
 	if (unlink(ps) || unlink(pp) || unlink(pb))
 		return 7;
-	put("ready", "ready\n");
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait("ready\n"); /* polls, so it runs: the test sees it scheduled */
 
-	char line[1024], want[700];
-	maps_line(gs, line, sizeof line);
+	char want[700];
 	snprintf(want, sizeof want, "%s (deleted)", ps);
-	CHECK(strstr(line, "rw-s") && strstr(line, want), "gs maps %s", line);
-	maps_line(gp, line, sizeof line);
+	check_maps(gs, "gs", "rw-s", want);
 	snprintf(want, sizeof want, "%s (deleted)", pp);
-	CHECK(strstr(line, "rw-p") && strstr(line, want), "gp maps %s", line);
-	maps_line(gb, line, sizeof line);
+	check_maps(gp, "gp", "rw-p", want);
 	snprintf(want, sizeof want, "%s (deleted)", pb);
-	CHECK(strstr(line, "rw-s") && strstr(line, want), "gb maps %s", line);
+	check_maps(gb, "gb", "rw-s", want);
 	CHECK(access(ps, F_OK) && access(pp, F_OK) && access(pb, F_OK) && access(exe, F_OK),
 	      "a name came back");
 	char self[700] = "";

@@ -109,21 +109,13 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", child);
-	put("ready", ready);
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait(ready); /* polls, so it runs: the test sees it scheduled */
 
-	char line[512];
-	maps_line(sa, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-mapfd (deleted)"), "sa maps %s", line);
-	maps_line(pa, line, sizeof line);
-	CHECK(strstr(line, "rw-p") && strstr(line, "/memfd:ferry-mapfd (deleted)"), "pa maps %s", line);
-	maps_line(sb, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-closed (deleted)"), "sb maps %s", line);
-	maps_line(pb, line, sizeof line);
-	CHECK(strstr(line, "r--p") && strstr(line, "/memfd:ferry-closed (deleted)"), "pb maps %s", line);
-	maps_line(sc, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-fwrite (deleted)"), "sc maps %s", line);
+	check_maps(sa, "sa", "rw-s", "/memfd:ferry-mapfd (deleted)");
+	check_maps(pa, "pa", "rw-p", "/memfd:ferry-mapfd (deleted)");
+	check_maps(sb, "sb", "rw-s", "/memfd:ferry-closed (deleted)");
+	check_maps(pb, "pb", "r--p", "/memfd:ferry-closed (deleted)");
+	check_maps(sc, "sc", "rw-s", "/memfd:ferry-fwrite (deleted)");
 	char link[256] = "";
 	readlink("/proc/self/fd/3", link, sizeof link - 1);
 	CHECK(!strcmp(link, "/memfd:ferry-mapfd (deleted)"), "fd 3 is %s", link);

@@ -57,17 +57,11 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "shmid=%d\nchild=%d\n", id, child);
-	put("ready", ready);
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait(ready); /* polls, so it runs: the test sees it scheduled */
 
-	char line[512];
-	maps_line(a1, line, sizeof line);
-	CHECK(strstr(line, "rw-s 00000000") && strstr(line, "/SYSV00000000 (deleted)"), "a1 maps %s", line);
-	maps_line(a2, line, sizeof line);
-	CHECK(strstr(line, "r--s 00000000") && strstr(line, "/SYSV00000000 (deleted)"), "a2 maps %s", line);
-	maps_line(a3, line, sizeof line);
-	CHECK(strstr(line, "rw-s 00001000") && strstr(line, "/SYSV00000000 (deleted)"), "a3 maps %s", line);
+	check_maps(a1, "a1", "rw-s 00000000", "/SYSV00000000 (deleted)");
+	check_maps(a2, "a2", "r--s 00000000", "/SYSV00000000 (deleted)");
+	check_maps(a3, "a3", "rw-s 00001000", "/SYSV00000000 (deleted)");
 
 	int ok = 1;
 	for (size_t i = 0; i < SZ; i++)

@@ -171,6 +171,15 @@ static inline void maps_line(void *p, char *out, size_t n)
 		fclose(f);
 }
 
+/* CHECKs that the mapping at p (called what) has permissions and offset `perms` ("rw-s",
+ * "r--s 00001000") and names file. */
+static inline void check_maps(void *p, const char *what, const char *perms, const char *file)
+{
+	char line[1024];
+	maps_line(p, line, sizeof line);
+	CHECK(strstr(line, perms) && strstr(line, file), "%s maps %s", what, line);
+}
+
 /* Opens the mapping [p, p+len) through /proc/self/map_files. */
 static inline int map_file(void *p, size_t len, int flags)
 {
