@@ -130,6 +130,46 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.runtime_root.join(&self.ns)
     }
 
+    /// The runtime itself on this namespace's containers (`ferry --root ROOT args`).
+    #[track_caller]
+    fn ferry(&self, args: &[&str]) -> Out {
+        cmd::run(
+            Command::new(&self.env.bin)
+                .arg("--root")
+                .arg(self.ferry_root())
+                .args(args),
+            T,
+        )
+    }
+
+    /// Builds the test image from the test rootfs and imports it; returns ctr's output.
+    #[track_caller]
+    fn import_image(&self) -> Out {
+        let tarball = build_image(&self.env.dir, &rootfs(), IMAGE, &["sh"]);
+        self.ctr(&["images", "import", tarball.to_str().unwrap()])
+            .ok()
+    }
+
+    /// `ctr run OPTS --runc-binary ferry ... IMAGE ID ARGS`, unchecked.
+    #[track_caller]
+    fn run_image(&self, opts: &[&str], id: &str, args: &[&str]) -> Out {
+        let rt = self.runtime_args();
+        let mut all = vec!["run"];
+        all.extend(opts);
+        all.extend(rt.iter().map(String::as_str));
+        all.extend([IMAGE, id]);
+        all.extend(args);
+        self.ctr(&all)
+    }
+
+    /// Asserts the runtime no longer knows container `id`.
+    #[track_caller]
+    fn assert_gone(&self, id: &str) {
+        self.ferry(&["state", id])
+            .code_is(1)
+            .stderr_has("container does not exist");
+    }
+
     /// PIDs of the shims serving this test's namespace.
     fn shim_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
@@ -204,34 +244,21 @@ impl Drop for Containerd<'_> {
 }
 
 fn ferry_state(c: &Containerd, id: &str) -> serde_json::Value {
-    cmd::run(
-        Command::new(&c.env.bin)
-            .arg("--root")
-            .arg(c.ferry_root())
-            .args(["state", id]),
-        T,
-    )
-    .ok()
-    .json()
+    c.ferry(&["state", id]).ok().json()
 }
 
 #[test]
 fn containerd_runs_ferry_containers_from_an_imported_oci_image() {
     let env = TestEnv::new("ctrd");
     let c = Containerd::start(&env);
-    let tarball = build_image(&env.dir, &rootfs(), IMAGE, &["sh"]);
-    let o = c.ctr(&["images", "import", tarball.to_str().unwrap()]).ok();
+    let o = c.import_image();
     assert!(o.stdout.contains(IMAGE) || o.stderr.contains(IMAGE), "{o}");
     c.ctr(&["images", "ls", "-q"]).ok().stdout_has(IMAGE);
-    let rt = c.runtime_args();
-    let rt: Vec<&str> = rt.iter().map(String::as_str).collect();
 
     // Detached: a counter container, exec into it, stop it with SIGTERM.
     let id = env.id("d");
-    let mut args = vec!["run", "-d"];
-    args.extend(&rt);
-    args.extend([IMAGE, id.as_str(), "counter", "/count", "100"]);
-    c.ctr(&args).ok();
+    c.run_image(&["-d"], &id, &["counter", "/count", "100"])
+        .ok();
     let st = ferry_state(&c, &id);
     assert_eq!(
         st["status"], "running",
@@ -283,22 +310,13 @@ fn containerd_runs_ferry_containers_from_an_imported_oci_image() {
     );
     c.ctr(&["task", "delete", &id]).ok();
     c.ctr(&["container", "delete", &id]).ok();
-    cmd::run(
-        Command::new(&env.bin)
-            .arg("--root")
-            .arg(c.ferry_root())
-            .args(["state", &id]),
-        T,
-    )
-    .code_is(1)
-    .stderr_has("container does not exist");
+    c.assert_gone(&id);
 
     // Attached: output and exit code come back through the shim.
     let id2 = env.id("a");
-    let mut args = vec!["run", "--rm"];
-    args.extend(&rt);
-    args.extend([IMAGE, id2.as_str(), "probe", "7", "attached"]);
-    let o = c.ctr(&args).code_is(7);
+    let o = c
+        .run_image(&["--rm"], &id2, &["probe", "7", "attached"])
+        .code_is(7);
     assert!(o.stdout.contains("arg[2]=attached\n"), "{o}");
     assert!(o.stdout.contains("pid=1\n"), "{o}");
     let o = c.ctr(&["container", "ls", "-q"]).ok();
@@ -397,17 +415,11 @@ fn task_status(c: &Containerd, id: &str) -> String {
 fn containerd_checkpoints_a_ferry_task_and_restores_it_into_a_new_container_twice() {
     let env = TestEnv::new("ctcr");
     let c = Containerd::start(&env);
-    let tarball = build_image(&env.dir, &rootfs(), IMAGE, &["sh"]);
-    c.ctr(&["images", "import", tarball.to_str().unwrap()]).ok();
-    let rt = c.runtime_args();
-    let rt: Vec<&str> = rt.iter().map(String::as_str).collect();
+    c.import_image();
     let id = env.id("k");
     // The counter prints "count N" every 100 ms and writes no file: what a restore must
     // carry on is its memory, seen on its stdout through the shim.
-    let mut args = vec!["run", "-d"];
-    args.extend(&rt);
-    args.extend([IMAGE, id.as_str(), "counter", "", "100"]);
-    c.ctr(&args).ok();
+    c.run_image(&["-d"], &id, &["counter", "", "100"]).ok();
     track_running(&c, &id);
     let mut out = Attach::start(&c, &id);
     out.wait_count(3);
@@ -519,15 +531,7 @@ fn containerd_checkpoints_a_ferry_task_and_restores_it_into_a_new_container_twic
         wait_until(T, || task_status(&c, &id) == "STOPPED"),
         "checkpoint --exit stops the task"
     );
-    cmd::run(
-        Command::new(&env.bin)
-            .arg("--root")
-            .arg(c.ferry_root())
-            .args(["state", &id]),
-        T,
-    )
-    .code_is(1)
-    .stderr_has("container does not exist");
+    c.assert_gone(&id);
     c.ctr(&["task", "delete", &id]).ok();
     c.ctr(&["container", "delete", &id]).ok();
     c.ctr(&["images", "rm", &image]).ok();
@@ -542,15 +546,9 @@ fn containerd_checkpoints_a_ferry_task_and_restores_it_into_a_new_container_twic
 fn containerd_paused_task_does_not_run_during_its_checkpoint() {
     let env = TestEnv::new("ctpz");
     let c = Containerd::start(&env);
-    let tarball = build_image(&env.dir, &rootfs(), IMAGE, &["sh"]);
-    c.ctr(&["images", "import", tarball.to_str().unwrap()]).ok();
-    let rt = c.runtime_args();
-    let rt: Vec<&str> = rt.iter().map(String::as_str).collect();
+    c.import_image();
     let id = env.id("p");
-    let mut args = vec!["run", "-d"];
-    args.extend(&rt);
-    args.extend([IMAGE, id.as_str(), "counter", "/count", "1"]);
-    c.ctr(&args).ok();
+    c.run_image(&["-d"], &id, &["counter", "/count", "1"]).ok();
     track_running(&c, &id);
     let st = ferry_state(&c, &id);
     let path = PathBuf::from(st["bundle"].as_str().unwrap()).join("rootfs/count");
@@ -562,16 +560,9 @@ fn containerd_paused_task_does_not_run_during_its_checkpoint() {
         let paused = read();
         // What the shim runs after its own pause.
         let img = env.dir.join(format!("img-{round}"));
-        cmd::run(
-            Command::new(&env.bin)
-                .arg("--root")
-                .arg(c.ferry_root())
-                .args(["checkpoint", "--leave-running", "--image-path"])
-                .arg(&img)
-                .arg(&id),
-            T,
-        )
-        .ok();
+        let img = img.to_str().unwrap();
+        c.ferry(&["checkpoint", "--leave-running", "--image-path", img, &id])
+            .ok();
         assert_eq!(task_status(&c, &id), "PAUSED", "round {round}");
         assert_eq!(
             read(),

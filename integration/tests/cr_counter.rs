@@ -31,9 +31,7 @@ fn cr_counter_checkpointed_and_restored_ten_times_counts_on() {
         let before = b.counter("/count").unwrap();
         checkpoint(&env, &id, &img, &[]).ok();
         // The container is gone (runc's destroy) and stopped counting.
-        env.ferry(&["state", &id])
-            .code_is(1)
-            .stderr_has("container does not exist");
+        assert_no_state(&env, &id);
         let stopped_at = settled_count(&b);
         assert!(stopped_at >= before, "round {round}: count went back");
         for f in [
@@ -67,10 +65,7 @@ fn cr_counter_checkpointed_and_restored_ten_times_counts_on() {
     let frozen = settled_count(&b);
     env.ferry(&["resume", &id]).ok();
     wait_count_above(&b, frozen);
-    env.ferry(&["kill", &id, "KILL"]).ok();
-    env.wait_status(&id, "stopped", T);
-    env.ferry(&["delete", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    kill_delete_and_check(&env, &b, &id, "KILL");
 }
 
 #[test]
@@ -178,13 +173,8 @@ fn cr_restore_under_a_new_id_after_delete_from_a_copied_image_dir() {
         b.path.to_str().unwrap(),
         "state names the caller's bundle"
     );
-    env.ferry(&["state", &id])
-        .code_is(1)
-        .stderr_has("container does not exist");
-    env.ferry(&["kill", &id2, "TERM"]).ok();
-    env.wait_status(&id2, "stopped", T);
-    env.ferry(&["delete", &id2]).ok();
-    assert_nothing_left(&env, &b, &id2);
+    assert_no_state(&env, &id);
+    kill_delete_and_check(&env, &b, &id2, "TERM");
 }
 
 #[test]
@@ -390,12 +380,7 @@ fn cr_tcp_connection_inside_the_container_flows_on_after_restore() {
                   sleep 100000 | nc -l -p 5000 > /got & sleep 0.3; \
                   i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | nc 127.0.0.1 5000";
     let b = env.bundle(&id, &["sh", "-c", script]);
-    ferry_null(
-        &env,
-        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
-    )
-    .ok();
-    track_state_pid(&env, &id);
+    run_detached(&env, &b);
     env.ferry(&[
         "exec",
         "--cap",
@@ -444,8 +429,5 @@ fn cr_tcp_connection_inside_the_container_flows_on_after_restore() {
     // The helper is gone, reaped before the tree ran: the init's children are the tree's.
     let after = children(env.state(&id)["pid"].as_i64().unwrap());
     assert_eq!(after, before, "the init's children (two pipelines)");
-    env.ferry(&["kill", &id, "KILL"]).ok();
-    env.wait_status(&id, "stopped", T);
-    env.ferry(&["delete", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    kill_delete_and_check(&env, &b, &id, "KILL");
 }

@@ -148,23 +148,6 @@ fn freezer_state(b: &ferry_integration::Bundle) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// nftables tables in the network namespace of `pid`.
-fn nft_tables(pid: i32) -> String {
-    let o = ferry_integration::cmd::run(
-        std::process::Command::new("nsenter").args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "nft",
-            "list",
-            "tables",
-        ]),
-        T,
-    );
-    assert!(o.success(), "{o}");
-    o.stdout
-}
-
 #[test]
 fn cr_checkpoint_failing_in_the_engine_leaves_the_container_as_it_was() {
     let env = TestEnv::new("crharm");

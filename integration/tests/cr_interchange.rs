@@ -345,12 +345,7 @@ fn ferry_checkpoint_decodes_fully_with_crit() {
             "i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 1; done",
         ],
     );
-    ferry_null(
-        &env,
-        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
-    )
-    .ok();
-    track_state_pid(&env, &id);
+    run_detached(&env, &b);
     assert!(wait_until(T, || b.counter("/counter").unwrap_or(0) >= 2));
     let img = env.dir.join("img");
     checkpoint(&env, &id, &img, &[]).ok();

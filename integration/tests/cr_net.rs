@@ -14,23 +14,6 @@ use cr_common::*;
 use ferry_integration::cmd::wait_until;
 use ferry_integration::{Bundle, TestEnv};
 
-/// nftables tables in the network namespace of `pid`.
-fn nft_tables(pid: i32) -> String {
-    let o = ferry_integration::cmd::run(
-        std::process::Command::new("nsenter").args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "nft",
-            "list",
-            "tables",
-        ]),
-        T,
-    );
-    assert!(o.success(), "{o}");
-    o.stdout
-}
-
 /// Waits until both sides wrote `/tcp-WHAT-ROUND-SIDE`; a `/tcp-fail-ROUND-SIDE` ends the
 /// wait with its reason.
 #[track_caller]
@@ -72,17 +55,8 @@ fn cr_tcp_connection_in_container_netns_carries_on_twice() {
                 .push("CAP_NET_ADMIN".into());
         }
     });
-    ferry_null(
-        &env,
-        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
-    )
-    .ok();
-    let pid = track_state_pid(&env, &id).expect("a pid after run -d");
-    assert_ne!(
-        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
-        std::fs::read_link("/proc/self/ns/net").unwrap(),
-        "the container has its own network namespace"
-    );
+    let pid = run_detached(&env, &b);
+    assert_own_namespace(pid, "net");
     wait_both(&b, "ready", 0);
 
     // Without --tcp-established: refused, and the container runs on as it was.
@@ -121,9 +95,7 @@ fn cr_tcp_connection_in_container_netns_carries_on_twice() {
                 .failed()
                 .stderr_has("--tcp-established");
             eprintln!("restore refused as expected: {}", o.stderr.trim());
-            env.ferry(&["state", &id])
-                .code_is(1)
-                .stderr_has("container does not exist");
+            assert_no_state(&env, &id);
         }
         restore(&env, &b, &id, &img, &["--tcp-established"]).ok();
         assert_eq!(env.status(&id), "running");
@@ -142,8 +114,5 @@ fn cr_tcp_connection_in_container_netns_carries_on_twice() {
         2,
         "server and client:\n{o}"
     );
-    env.ferry(&["kill", &id, "KILL"]).ok();
-    env.wait_status(&id, "stopped", T);
-    env.ferry(&["delete", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    kill_delete_and_check(&env, &b, &id, "KILL");
 }

@@ -79,12 +79,7 @@ fn assert_carries_on_here(env: &TestEnv, b: &ferry_integration::Bundle, id: &str
 fn start_tight_loop(env: &TestEnv, id: &str) -> (ferry_integration::Bundle, i32) {
     let b = env.bundle(id, &["tight_loop", "/dev/shm/n", "/report"]);
     build_workload(&b, "tight_loop");
-    ferry_null(
-        env,
-        &["run", "-d", "--bundle", b.path.to_str().unwrap(), id],
-    )
-    .ok();
-    let pid = track_state_pid(env, id).expect("state has a pid after run -d");
+    let pid = run_detached(env, &b);
     wait_file(&in_rootfs(&b, "/report.iter"), T);
     (b, pid)
 }
@@ -127,10 +122,7 @@ fn cr_tree_seized_while_frozen_runs_no_user_code_in_between() {
         assert_eq!(env.status(&id), "running");
         assert_loop_consistent(&b, &format!("after restore {round}"));
     }
-    env.ferry(&["kill", &id, "KILL"]).ok();
-    env.wait_status(&id, "stopped", T);
-    env.ferry(&["delete", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    kill_delete_and_check(&env, &b, &id, "KILL");
 }
 
 #[test]
@@ -276,17 +268,8 @@ fn sysv_ipc_twice(tag: &str, args: &[&str]) {
     let id = env.id("c");
     let b = env.bundle(&id, args);
     build_workload(&b, "sysv_ipc");
-    ferry_null(
-        &env,
-        &["run", "-d", "--bundle", b.path.to_str().unwrap(), &id],
-    )
-    .ok();
-    let pid = track_state_pid(&env, &id).expect("a pid after run -d");
-    assert_ne!(
-        std::fs::read_link(format!("/proc/{pid}/ns/ipc")).unwrap(),
-        std::fs::read_link("/proc/self/ns/ipc").unwrap(),
-        "the container has its own IPC namespace"
-    );
+    let pid = run_detached(&env, &b);
+    assert_own_namespace(pid, "ipc");
     wait_ipc(&b, "ready", 0);
     for round in 0..2u32 {
         let img = env.dir.join(format!("img{round}"));
@@ -315,8 +298,5 @@ fn sysv_ipc_twice(tag: &str, args: &[&str]) {
             wait_ipc(&b, "ready", 1);
         }
     }
-    env.ferry(&["kill", &id, "KILL"]).ok();
-    env.wait_status(&id, "stopped", T);
-    env.ferry(&["delete", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    kill_delete_and_check(&env, &b, &id, "KILL");
 }

@@ -3,6 +3,7 @@
 //! pipes are reconnected to the restoring caller's own fds of the same numbers (containerd's
 //! and podman's case), checked from the inside over two cycles.
 
+mod console;
 mod cr_common;
 
 use std::io::{BufRead, BufReader};
@@ -119,6 +120,20 @@ fn assert_all_reconnected(img: &std::path::Path) {
     );
 }
 
+/// After a restore: the counter's next line on `lines` (`what`: where they come from) carries
+/// on from `last` (a tick or more was lost with the old pipe or console, not the count), the
+/// line after is the next number, and its /count file carries on too. Returns that number.
+#[track_caller]
+fn assert_counts_on_at(lines: &Lines, b: &ferry_integration::Bundle, last: u64, what: &str) -> u64 {
+    let n = lines.next_count();
+    assert!(n > last && n <= last + 20, "{what}: count {n} after {last}");
+    let again = lines.next_count();
+    assert_eq!(again, n + 1, "{what}: the counter keeps counting");
+    // Checked from the inside too: its /count file carries on.
+    wait_count_above(b, again);
+    again
+}
+
 fn descriptors(img: &std::path::Path) -> Vec<String> {
     serde_json::from_str(&std::fs::read_to_string(img.join("descriptors.json")).unwrap()).unwrap()
 }
@@ -153,19 +168,9 @@ fn cr_restore_reconnects_the_containers_stdout_pipe_to_the_callers() {
         assert_eq!(env.status(&id), "running", "round {round}");
         assert_all_reconnected(&img);
         out = Lines::of(r);
-        let n = out.next_count();
-        assert!(
-            n > last && n <= last + 20,
-            "round {round}: count {n} on the new pipe after {last}"
-        );
-        let again = out.next_count();
-        assert_eq!(again, n + 1, "round {round}: the counter keeps counting");
-        // Checked from the inside too: its /count file carries on.
-        wait_count_above(&b, again);
-        last = again;
+        last = assert_counts_on_at(&out, &b, last, &format!("round {round}: the new pipe"));
     }
-    ferry_null(&env, &["delete", "-f", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    force_delete_and_check(&env, &b, &id);
 }
 
 /// All three stdio fds on the caller's pipes: a shell reads lines on stdin and answers on
@@ -229,8 +234,7 @@ fn cr_restore_reconnects_stdin_stdout_and_stderr_pipes() {
         assert_eq!(out.next(), format!("out {n} r{round}"), "round {round}");
         assert_eq!(err.next(), format!("err {n} r{round}"), "round {round}");
     }
-    ferry_null(&env, &["delete", "-f", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    force_delete_and_check(&env, &b, &id);
 }
 
 /// descriptors.json naming a pipe the images do not hold (a mismatched or edited checkpoint):
@@ -265,45 +269,9 @@ fn cr_restore_refuses_a_stdio_pipe_the_images_do_not_hold() {
     assert_nothing_left(&env, &b, &id);
 }
 
-/// Accepts one connection on a console socket and receives the pty master it carries.
+/// The pty master sent to the console socket `listener`.
 fn recv_master(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    listener.set_nonblocking(true).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("nobody connected to the console socket: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .expect("recvmsg on the console socket");
-    for c in msg.cmsgs().expect("control messages") {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel installed this fd in our table for us; we own it now.
-            return std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-        }
-    }
-    panic!("console socket message carried no fd");
+    std::fs::File::from(console::recv_fd(listener))
 }
 
 /// A terminal container (`process.terminal`, master sent to `--console-socket`) checkpointed
@@ -382,18 +350,9 @@ fn cr_restore_of_a_terminal_container_onto_a_new_console() {
             tty_nr, rdev,
             "round {round}: the init's controlling terminal"
         );
-        let n = tty.next_count();
-        assert!(
-            n > last && n <= last + 20,
-            "round {round}: count {n} on the new console after {last}"
-        );
-        let again = tty.next_count();
-        assert_eq!(again, n + 1, "round {round}: the counter keeps counting");
-        wait_count_above(&b, again);
-        last = again;
+        last = assert_counts_on_at(&tty, &b, last, &format!("round {round}: the new console"));
     }
-    ferry_null(&env, &["delete", "-f", &id]).ok();
-    assert_nothing_left(&env, &b, &id);
+    force_delete_and_check(&env, &b, &id);
 }
 
 /// Attached `restore` (no `-d`): the same pipes, and ferry waits for the restored init and

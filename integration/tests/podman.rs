@@ -122,53 +122,13 @@ impl Drop for Podman<'_> {
 #[test]
 fn podman_runs_execs_stops_and_removes_a_rootfs_container_with_ferry() {
     let env = TestEnv::new("podman");
-    let rootfs = env.dir.join("rootfs");
-    copy_rootfs(&rootfs);
+    let rootfs = rootfs_copy(&env);
     let mut pm = Podman::new(&env);
-    let name = env.id("p");
+    // podman calls its runtime without --root: run_counter finds (and tracks) the container
+    // in ferry's default root.
+    let (name, cid) = pm.run_counter(&rootfs, "p", &[]);
     let cgroup_parent = format!("/ferry-it-{name}");
-    env.track_cgroup(&cgroup_parent);
-    pm.names.push(name.clone());
-
-    let o = pm
-        .run(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            "--cgroup-parent",
-            &cgroup_parent,
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            "counter",
-            "/count",
-            "100",
-        ])
-        .ok();
-    let cid = o.stdout.trim().to_string();
-    assert_eq!(cid.len(), 64, "podman run -d prints the container id:\n{o}");
-    // podman calls its runtime without --root: the container is in ferry's default root.
-    let st = cmd::run(Command::new(&env.bin).args(["state", &cid]), T)
-        .ok()
-        .json();
-    assert_eq!(
-        st["status"], "running",
-        "ferry sees podman's container: {st}"
-    );
-    if let Some(pid) = st["pid"].as_i64() {
-        env.track_pid(pid as i32);
-    }
-    assert!(
-        wait_until(T, || std::fs::read_to_string(rootfs.join("count"))
-            .is_ok_and(|s| { s.trim().parse::<u64>().unwrap_or(0) >= 3 })),
-        "the counter runs in the rootfs"
-    );
+    wait_count(&rootfs, 3);
     assert!(
         !cgroup_dirs(&cgroup_parent).is_empty(),
         "container placed under --cgroup-parent"
@@ -193,20 +153,7 @@ fn podman_runs_execs_stops_and_removes_a_rootfs_container_with_ferry() {
         "podman's config.json hostname applied:\n{o}"
     );
 
-    let o = pm.run(&["stop", "-t", "10", &name]).ok();
-    assert!(
-        !o.stderr.contains("resorting to SIGKILL"),
-        "SIGTERM reached the init:\n{o}"
-    );
-    let o = pm
-        .run(&[
-            "inspect",
-            &name,
-            "--format",
-            "{{.State.Status}} {{.State.ExitCode}}",
-        ])
-        .ok();
-    assert_eq!(o.stdout.trim(), "exited 0", "{o}");
+    pm.stop_cleanly(&name);
     let o = pm.run(&["logs", &name]).ok();
     assert!(
         o.stdout.contains("count 1\n"),
@@ -220,9 +167,7 @@ fn podman_runs_execs_stops_and_removes_a_rootfs_container_with_ferry() {
         o.stdout.trim().is_empty(),
         "no container left in podman:\n{o}"
     );
-    cmd::run(Command::new(&env.bin).args(["state", &cid]), T)
-        .code_is(1)
-        .stderr_has("container does not exist");
+    pm.assert_gone_from_ferry(&cid);
 }
 
 // ---- checkpoint/restore ----
@@ -230,6 +175,13 @@ fn podman_runs_execs_stops_and_removes_a_rootfs_container_with_ferry() {
 /// ferry's restore does not install seccomp filters yet (it refuses them by name), and podman
 /// gives every container its default seccomp profile: the C/R tests run without one.
 const UNCONFINED: &[&str] = &["--security-opt", "seccomp=unconfined"];
+
+/// A private copy of the test rootfs (podman's --rootfs writes into it).
+fn rootfs_copy(env: &TestEnv) -> PathBuf {
+    let rootfs = env.dir.join("rootfs");
+    copy_rootfs(&rootfs);
+    rootfs
+}
 
 /// A directory holding a `criu` symlink to `target`, for the front of podman's PATH.
 fn criu_dir(env: &TestEnv, tag: &str, target: &Path) -> PathBuf {
@@ -243,6 +195,12 @@ impl Podman<'_> {
     /// `podman run -d [extra]` of the counter (`/count` in `rootfs`, 100 ms tick, "count N"
     /// lines on stdout, which conmon logs); returns (name, container id).
     fn run_counter(&mut self, rootfs: &Path, tag: &str, extra: &[&str]) -> (String, String) {
+        self.run_counter_from(tag, extra, &["--rootfs", rootfs.to_str().unwrap()])
+    }
+
+    /// `podman run -d [extra] SOURCE counter /count 100` (SOURCE: `--rootfs DIR` or an image)
+    /// under a new name and cgroup parent, both removed at teardown; returns (name, id).
+    fn run_counter_from(&mut self, tag: &str, extra: &[&str], source: &[&str]) -> (String, String) {
         let name = self.env.id(tag);
         let cgroup_parent = format!("/ferry-it-{name}");
         self.env.track_cgroup(&cgroup_parent);
@@ -262,18 +220,40 @@ impl Podman<'_> {
             "nproc=4096:4096",
         ];
         args.extend_from_slice(extra);
-        args.extend([
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            "counter",
-            "/count",
-            "100",
-        ]);
+        args.extend_from_slice(source);
+        args.extend(["counter", "/count", "100"]);
         let o = self.run(&args).ok();
         let cid = o.stdout.trim().to_string();
         assert_eq!(cid.len(), 64, "podman run -d prints the container id:\n{o}");
         self.track_runtime_pid(&cid);
         (name, cid)
+    }
+
+    /// `podman stop` ends the counter with SIGTERM, not SIGKILL, and it exits 0.
+    #[track_caller]
+    fn stop_cleanly(&self, name: &str) {
+        let o = self.run(&["stop", "-t", "10", name]).ok();
+        assert!(
+            !o.stderr.contains("resorting to SIGKILL"),
+            "SIGTERM reached the init:\n{o}"
+        );
+        let o = self
+            .run(&[
+                "inspect",
+                name,
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}}",
+            ])
+            .ok();
+        assert_eq!(o.stdout.trim(), "exited 0", "the init ends cleanly: {o}");
+    }
+
+    /// ferry (its default root) no longer knows container `cid`.
+    #[track_caller]
+    fn assert_gone_from_ferry(&self, cid: &str) {
+        cmd::run(Command::new(&self.env.bin).args(["state", cid]), T)
+            .code_is(1)
+            .stderr_has("container does not exist");
     }
 
     /// Tracks the init pid ferry reports for `cid` (podman's containers are in ferry's
@@ -384,8 +364,7 @@ fn logged_counts(pm: &Podman, name: &str) -> Vec<u64> {
 #[test]
 fn podman_checkpoints_and_restores_a_counter_container_twice_with_ferry_as_its_criu() {
     let env = TestEnv::new("pmcr");
-    let rootfs = env.dir.join("rootfs");
-    copy_rootfs(&rootfs);
+    let rootfs = rootfs_copy(&env);
     let mut pm = Podman::new(&env);
     let (name, cid) = pm.run_counter(&rootfs, "c", UNCONFINED);
     wait_count(&rootfs, 3);
@@ -426,9 +405,7 @@ fn podman_checkpoints_and_restores_a_counter_container_twice_with_ferry_as_its_c
         "podman ran `ferry checkpoint`:\n{trace}"
     );
     assert_eq!(pm.status(&name), "exited");
-    cmd::run(Command::new(&env.bin).args(["state", &cid]), T)
-        .code_is(1)
-        .stderr_has("container does not exist");
+    pm.assert_gone_from_ferry(&cid);
     let mut stopped = settle_and_clear(&rootfs);
 
     for round in 1..=2 {
@@ -451,21 +428,7 @@ fn podman_checkpoints_and_restores_a_counter_container_twice_with_ferry_as_its_c
         stopped = settle_and_clear(&rootfs);
     }
 
-    let o = pm.run(&["stop", "-t", "10", &name]).ok();
-    assert!(!o.stderr.contains("resorting to SIGKILL"), "{o}");
-    let o = pm
-        .run(&[
-            "inspect",
-            &name,
-            "--format",
-            "{{.State.Status}} {{.State.ExitCode}}",
-        ])
-        .ok();
-    assert_eq!(
-        o.stdout.trim(),
-        "exited 0",
-        "the restored init ends cleanly: {o}"
-    );
+    pm.stop_cleanly(&name);
     pm.run(&["rm", &name]).ok();
 }
 
@@ -520,30 +483,14 @@ fn image_counter(pm: &mut Podman, rootfs: &Path, tag: &str) -> (String, String, 
     .ok();
     let image = "localhost/ferry-it/busybox:latest";
     pm.run(&["import", tarball.to_str().unwrap(), image]).ok();
-    let name = env.id(tag);
-    let cgroup_parent = format!("/ferry-it-{name}");
-    env.track_cgroup(&cgroup_parent);
-    pm.names.push(name.clone());
-    let mut args = vec!["run", "-d", "--name", &name, "--network", "none"];
-    args.extend(["--cgroup-parent", &cgroup_parent]);
-    args.extend([
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-    ]);
-    args.extend(UNCONFINED);
-    args.extend([image, "counter", "/count", "100"]);
-    let cid = pm.run(&args).ok().stdout.trim().to_string();
-    pm.track_runtime_pid(&cid);
+    let (name, cid) = pm.run_counter_from(tag, UNCONFINED, &[image]);
     (name, cid, image)
 }
 
 #[test]
 fn podman_checkpoint_leave_running_then_export_and_import_with_ferry() {
     let env = TestEnv::new("pmcx");
-    let rootfs = env.dir.join("rootfs");
-    copy_rootfs(&rootfs);
+    let rootfs = rootfs_copy(&env);
     let mut pm = Podman::new(&env);
     pm.path_first = Some(criu_dir(&env, "ferry", &env.bin));
     let (name, cid, image) = image_counter(&mut pm, &rootfs, "x");
@@ -628,8 +575,7 @@ fn podman_checkpoint_leave_running_then_export_and_import_with_ferry() {
 #[test]
 fn podman_restores_a_container_with_its_default_seccomp_profile() {
     let env = TestEnv::new("pmsc");
-    let rootfs = env.dir.join("rootfs");
-    copy_rootfs(&rootfs);
+    let rootfs = rootfs_copy(&env);
     let mut pm = Podman::new(&env);
     pm.path_first = Some(criu_dir(&env, "ferry", &env.bin));
     let (name, cid) = pm.run_counter(&rootfs, "s", &[]);
@@ -645,8 +591,7 @@ fn podman_restores_a_container_with_its_default_seccomp_profile() {
 #[test]
 fn podman_imports_a_checkpoint_under_a_new_name() {
     let env = TestEnv::new("pmcn");
-    let rootfs = env.dir.join("rootfs");
-    copy_rootfs(&rootfs);
+    let rootfs = rootfs_copy(&env);
     let mut pm = Podman::new(&env);
     pm.path_first = Some(criu_dir(&env, "ferry", &env.bin));
     let (name, cid, image) = image_counter(&mut pm, &rootfs, "n");

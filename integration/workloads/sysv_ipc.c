@@ -28,6 +28,8 @@
 #include <sys/shm.h>
 #include <unistd.h>
 
+#include "rounds.h"
+
 #define SHM_KEY 0xfe001
 #define SEM_KEY 0xfe002
 #define MSG_KEY 0xfe003
@@ -43,36 +45,6 @@ struct msg {
 	long type;
 	char text[64];
 };
-
-static void mark(const char *what, int round, const char *fmt, ...)
-{
-	char path[64], text[512] = "";
-	snprintf(path, sizeof(path), "/ipc-%s-%d", what, round);
-	if (fmt) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(text, sizeof(text), fmt, ap);
-		va_end(ap);
-	}
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		_exit(10);
-	if (write(fd, text, strlen(text)) < 0)
-		_exit(11);
-	close(fd);
-}
-
-static void fail(int round, const char *fmt, ...)
-{
-	char text[400];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
-	va_end(ap);
-	mark("fail", round, "%s (errno %d: %s)\n", text, errno, strerror(errno));
-	for (;;)
-		pause();
-}
 
 static unsigned char pattern(int round, size_t i)
 {
@@ -97,6 +69,7 @@ static void queue_msgs(int q, int round)
 
 int main(int argc, char **argv)
 {
+	round_prefix = "/ipc";
 	int rounds = argc > 1 ? atoi(argv[1]) : 1;
 	int attached = argc > 2 && strcmp(argv[2], "attached") == 0;
 	int shm = shmget(SHM_KEY, SHM_SIZE, IPC_CREAT | IPC_EXCL | 0600);
@@ -119,10 +92,7 @@ int main(int argc, char **argv)
 	queue_msgs(q, 0);
 	for (int r = 0; r < rounds; r++) {
 		mark("ready", r, NULL);
-		char go[64];
-		snprintf(go, sizeof(go), "/ipc-go-%d", r);
-		while (access(go, F_OK) != 0)
-			usleep(10000);
+		wait_go(r);
 		if (shmget(SHM_KEY, 0, 0) != shm || semget(SEM_KEY, 0, 0) != sem ||
 		    msgget(MSG_KEY, 0) != q)
 			fail(r, "keys name other ids: shm %d/%d sem %d/%d msg %d/%d",

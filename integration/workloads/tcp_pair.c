@@ -32,39 +32,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "rounds.h"
+
 #define PORT 7000
 
-static const char *side = "server";
-
-static void mark(const char *what, int round, const char *fmt, ...)
-{
-	char path[256], text[512] = "";
-	snprintf(path, sizeof(path), "/tcp-%s-%d-%s", what, round, side);
-	if (fmt) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(text, sizeof(text), fmt, ap);
-		va_end(ap);
-	}
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		_exit(10);
-	if (write(fd, text, strlen(text)) < 0)
-		_exit(11);
-	close(fd);
-}
-
-static void fail(int round, const char *fmt, ...)
-{
-	char text[400];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
-	va_end(ap);
-	mark("fail", round, "%s (errno %d: %s)\n", text, errno, strerror(errno));
-	for (;;)
-		pause();
-}
 
 static size_t round_len(int round, int from_server)
 {
@@ -115,14 +86,6 @@ static void recv_check(int fd, int round, int from_server)
 	free(buf);
 }
 
-static void wait_go(int round)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/tcp-go-%d", round);
-	while (access(path, F_OK) != 0)
-		usleep(10000);
-}
-
 static struct sockaddr_in addr(void)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(PORT)};
@@ -146,6 +109,8 @@ static void lo_up(void)
 
 int main(int argc, char **argv)
 {
+	round_prefix = "/tcp";
+	round_side = "server";
 	int rounds = argc > 1 ? atoi(argv[1]) : 1;
 	lo_up();
 	int ls = socket(AF_INET, SOCK_STREAM, 0);
@@ -156,7 +121,7 @@ int main(int argc, char **argv)
 		fail(0, "bind/listen");
 	pid_t child = fork();
 	if (child == 0) {
-		side = "client";
+		round_side = "client";
 		close(ls);
 		int c = socket(AF_INET, SOCK_STREAM, 0);
 		if (connect(c, (struct sockaddr *)&a, sizeof(a)) != 0)

@@ -61,15 +61,49 @@ pub fn counter_bundle(env: &TestEnv, id: &str) -> Bundle {
     env.bundle(id, &["counter", "/count", TICK_MS])
 }
 
-/// `run -d` with null stdio; waits until the counter has counted to at least 3.
+/// `run -d` of bundle `b` (its id) with null stdio; tracks the init and returns its pid.
 #[track_caller]
-pub fn start_counter(env: &TestEnv, b: &Bundle) -> i32 {
+pub fn run_detached(env: &TestEnv, b: &Bundle) -> i32 {
     ferry_null(
         env,
         &["run", "-d", "--bundle", b.path.to_str().unwrap(), &b.id],
     )
     .ok();
-    let pid = track_state_pid(env, &b.id).expect("state has a pid after run -d");
+    track_state_pid(env, &b.id).expect("state has a pid after run -d")
+}
+
+/// Asserts process `pid` is in a namespace of kind `ns` ("net", "ipc", ...) of its own.
+#[track_caller]
+pub fn assert_own_namespace(pid: i32, ns: &str) {
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),
+        std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(),
+        "the container has its own {ns} namespace"
+    );
+}
+
+/// nftables tables in the network namespace of `pid`.
+#[track_caller]
+pub fn nft_tables(pid: i32) -> String {
+    let o = cmd::run(
+        std::process::Command::new("nsenter").args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "tables",
+        ]),
+        T,
+    );
+    assert!(o.success(), "{o}");
+    o.stdout
+}
+
+/// `run -d` with null stdio; waits until the counter has counted to at least 3.
+#[track_caller]
+pub fn start_counter(env: &TestEnv, b: &Bundle) -> i32 {
+    let pid = run_detached(env, b);
     assert_eq!(env.status(&b.id), "running");
     assert!(
         wait_until(T, || b.counter("/count").unwrap_or(0) >= 3),
@@ -180,13 +214,19 @@ pub fn processes_in(rootfs: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Asserts the runtime no longer knows container `id` (`state` exits 1 and says so).
+#[track_caller]
+pub fn assert_no_state(env: &TestEnv, id: &str) {
+    env.ferry(&["state", id])
+        .code_is(1)
+        .stderr_has("container does not exist");
+}
+
 /// Asserts nothing of container `id` (bundle `b`) is left: no state, no state directory, no
 /// cgroup, no process in its rootfs, no mount below the bundle.
 #[track_caller]
 pub fn assert_nothing_left(env: &TestEnv, b: &Bundle, id: &str) {
-    env.ferry(&["state", id])
-        .code_is(1)
-        .stderr_has("container does not exist");
+    assert_no_state(env, id);
     assert!(!env.root.join(id).exists(), "state directory of {id} left");
     let cgs: Vec<PathBuf> = ferry_integration::cleanup::cgroup_dirs(&b.cgroups_path)
         .into_iter()
@@ -197,6 +237,23 @@ pub fn assert_nothing_left(env: &TestEnv, b: &Bundle, id: &str) {
     assert!(procs.is_empty(), "processes left in the rootfs: {procs:?}");
     let mounts = ferry_integration::cleanup::mounts_under(&b.path);
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
+
+/// Ends container `id` with `signal` (KILL, TERM), waits for it to stop, deletes it and asserts
+/// nothing of it is left.
+#[track_caller]
+pub fn kill_delete_and_check(env: &TestEnv, b: &Bundle, id: &str, signal: &str) {
+    env.ferry(&["kill", id, signal]).ok();
+    env.wait_status(id, "stopped", T);
+    env.ferry(&["delete", id]).ok();
+    assert_nothing_left(env, b, id);
+}
+
+/// `delete -f` of a running container `id` (null stdio); asserts nothing of it is left.
+#[track_caller]
+pub fn force_delete_and_check(env: &TestEnv, b: &Bundle, id: &str) {
+    ferry_null(env, &["delete", "-f", id]).ok();
+    assert_nothing_left(env, b, id);
 }
 
 /// Copies a directory's files (images are flat).

@@ -23,51 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
-
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		exit(50 + want);
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
-
-static char *path(const char *name)
-{
-	static char p[600];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	return p;
-}
 
 static int pidfd_open(pid_t pid, int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
 static int pidfd_signal(int fd, int sig) { return (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0); }
@@ -91,11 +51,9 @@ int main(int argc, char **argv)
 	char buf[4096], want[4096];
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
 	/* fds the test runner leaked to us would collide with the numbers set up below */
 	syscall(SYS_close_range, 3, ~0U, 0);
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
 
 	if (mkfifo(path("ufifo"), 0600) || mkfifo(path("ufifo2"), 0640))
 		return 30;
@@ -137,9 +95,7 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d live=%d\n", b, live);
-	put("ready", ready);
-	while (!go)
-		nap(10);
+	ready_wait(ready);
 
 	/* the unlinked FIFOs: same name (deleted), one pipe for 3 and 4, bytes in order */
 	char l[700], e[700];
@@ -201,7 +157,5 @@ int main(int argc, char **argv)
 	errno = 0;
 	CHECK(pidfd_signal(9, 0) == -1 && errno == ESRCH, "the reaped zombie still takes signals");
 
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

@@ -17,45 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void at(int fd, int want)
-{
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
-
-static char *path(const char *name)
-{
-	static char p[600];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	return p;
-}
+#include "workload.h"
 
 static int lk(int fd, int cmd, short type, off_t start, off_t len)
 {
@@ -75,9 +37,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+	wl_start(argv[1]);
 	at(open(path("a"), O_RDWR | O_CREAT | O_TRUNC, 0644), 3);
 	at(open(path("b"), O_RDWR | O_CREAT | O_TRUNC, 0644), 4);
 	at(open(path("c"), O_RDWR | O_CREAT | O_TRUNC, 0644), 5);
@@ -99,9 +59,7 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", child);
-	put("ready", ready);
-	while (!go)
-		nap(10);
+	ready_wait(ready);
 
 	pid_t me = getpid();
 	pid_t probe = fork();
@@ -136,7 +94,5 @@ int main(int argc, char **argv)
 	/* and the locks are still ours to use: re-locking our own ranges works */
 	CHECK(flock(3, LOCK_EX | LOCK_NB) == 0, "flock re-take by the owner");
 	CHECK(lk(4, F_SETLK, F_WRLCK, 10, 10) == 0, "POSIX re-lock by the owner");
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

@@ -21,50 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go, chld;
-static void on_usr1(int s) { (void)s; go = 1; }
+#include "workload.h"
+
+static volatile sig_atomic_t chld;
 static void on_chld(int s) { (void)s; chld++; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-/* A setup failure is reported in DIR/result, so the test can say what went wrong. */
-static int fail(int code)
-{
-	char t[128];
-	snprintf(t, sizeof t, "setup failed: step %d, errno %d (%s)\n", code, errno, strerror(errno));
-	put("result", t);
-	exit(code);
-}
-
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		fail(50 + want);
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		fail(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
 
 static char io_path[600], usr2_path[600];
 static void mark(const char *p)
@@ -90,15 +50,15 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
+	/* a setup failure is reported in DIR/result, so the test can say what went wrong */
+	setup_report = 1;
 	/* fds the test runner leaked to us would collide with the numbers set up below */
 	syscall(SYS_close_range, 3, ~0U, 0);
 	snprintf(io_path, sizeof io_path, "%s/io", dir);
 	snprintf(usr2_path, sizeof usr2_path, "%s/usr2", dir);
 	if (getpid() != 1 || setsid() != 1)
-		return fail(20);
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+		return setup_fail(20);
 	/* the handlers are the child's; installed before fork so it has them from its start */
 	struct sigaction si = { .sa_handler = on_io }, su = { .sa_handler = on_usr2 };
 	sigaction(40, &si, NULL);
@@ -114,32 +74,30 @@ int main(int argc, char **argv)
 	sigaction(SIGCHLD, &sc, NULL);
 	int p[2];
 	if (pipe(p))
-		return fail(30);
+		return setup_fail(30);
 	at(p[0], 5);
 	at(p[1], 8);
 	struct f_owner_ex ox = { .type = F_OWNER_PID, .pid = c };
 	if (fcntl(5, F_SETOWN_EX, &ox) || fcntl(5, F_SETSIG, 40) ||
 	    fcntl(5, F_SETFL, fcntl(5, F_GETFL) | O_ASYNC | O_NONBLOCK))
-		return fail(31);
+		return setup_fail(31);
 	at(open("/dev/null", O_RDONLY), 6);
 	struct f_owner_ex og = { .type = F_OWNER_PGRP, .pid = getpgrp() };
 	if (fcntl(6, F_SETOWN_EX, &og))
-		return fail(32);
+		return setup_fail(32);
 	at((int)syscall(SYS_pidfd_open, c, 0), 7);
 	pid_t d = fork();
 	if (d == 0)
 		_exit(0);
 	at((int)syscall(SYS_pidfd_open, d, 0), 9);
 	if (waitpid(d, NULL, 0) != d)
-		return fail(33);
+		return setup_fail(33);
 
 	nap(50);
 	int chld_before = chld;
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", c);
-	put("ready", ready);
-	while (!go)
-		nap(10);
+	ready_wait(ready);
 
 	CHECK(getpid() == 1, "pid %d", getpid());
 	struct f_owner_ex g;
@@ -157,7 +115,5 @@ int main(int argc, char **argv)
 	/* the stand-ins a restore forks for dead pidfds leave no SIGCHLD behind */
 	if (argc > 2 && strcmp(argv[2], "chld") == 0)
 		CHECK(chld == chld_before, "%d SIGCHLD delivered since ready", chld - chld_before);
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

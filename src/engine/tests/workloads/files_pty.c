@@ -18,38 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void at(int fd, int want)
-{
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
+#include "workload.h"
 
 static ssize_t read_some(int fd, char *b, size_t n)
 {
@@ -66,9 +35,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+	wl_start(argv[1]);
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGTTOU, SIG_IGN);
 	if (getsid(0) != getpid())
@@ -90,9 +57,7 @@ int main(int argc, char **argv)
 	int index = -1;
 	ioctl(3, TIOCGPTN, &index);
 
-	put("ready", "ready\n");
-	while (!go)
-		nap(10);
+	ready_wait("ready\n");
 
 	int now = -1;
 	CHECK(ioctl(3, TIOCGPTN, &now) == 0 && now == index, "pty index %d, was %d", now, index);
@@ -116,7 +81,5 @@ int main(int argc, char **argv)
 	fcntl(3, F_SETFL, O_NONBLOCK);
 	CHECK(write(4, "pong", 4) == 4 && read_some(3, b, sizeof b) == 4 && !memcmp(b, "pong", 4),
 	      "slave to master");
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

@@ -23,40 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void at(int fd, int want)
-{
-	if (fd < 0)
-		exit(50 + want);
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
+#include "workload.h"
 
 static int queued(int fd)
 {
@@ -83,13 +50,11 @@ int main(int argc, char **argv)
 {
 	if (argc < 3)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
 	/* fds the test runner leaked to us would collide with the numbers set up below */
 	syscall(SYS_close_range, 3, ~0U, 0);
 	int raw = strcmp(argv[2], "raw") == 0;
 	int modes = strcmp(argv[2], "modes") == 0;
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGHUP, SIG_IGN);
 	at(posix_openpt(O_RDWR | O_NOCTTY), 3);
 	if (grantpt(3) || unlockpt(3))
@@ -145,9 +110,7 @@ int main(int argc, char **argv)
 	if (queued(4) != (int)nin || queued(3) != (int)nout)
 		return 25;
 
-	put("ready", "ready\n");
-	while (!go)
-		nap(10);
+	ready_wait("ready\n");
 
 	char b[4200];
 	if (modes) {
@@ -162,9 +125,7 @@ int main(int argc, char **argv)
 		      "packet-mode read");
 		/* canonical with echo: the line comes back as echo, the slave reads it whole */
 		CHECK(write(3, "ab\r", 3) == 3 && read_n(4, b, 3) == 3 && !memcmp(b, "ab\n", 3), "canonical line");
-		put("result", why[0] ? why : "PASS");
-		for (;;)
-			nap(1000);
+		finish();
 	}
 	CHECK(queued(4) == (int)nin, "slave has %d bytes queued, not %zu", queued(4), nin);
 	CHECK(queued(3) == (int)nout, "master has %d bytes queued, not %zu", queued(3), nout);
@@ -186,7 +147,5 @@ int main(int argc, char **argv)
 	/* and the pair still works both ways */
 	CHECK(write(3, "ping\r", 5) == 5 && read_n(4, b, 5) == 5 && !memcmp(b, "ping\n", 5), "master to slave");
 	CHECK(write(4, "pong\n", 5) == 5 && read_n(3, b, 6) == 6 && !memcmp(b, "pong\r\n", 6), "slave to master");
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

@@ -22,45 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void at(int fd, int want)
-{
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
-
-static char *path(const char *name)
-{
-	static char p[600];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	return p;
-}
+#include "workload.h"
 
 static long fdinfo_pos(pid_t pid, int fd)
 {
@@ -82,9 +44,7 @@ int main(int argc, char **argv)
 	char buf[4096];
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+	wl_start(argv[1]);
 
 	for (int i = 0; i < 300; i++)
 		buf[i] = 'a' + i % 26;
@@ -140,9 +100,7 @@ int main(int argc, char **argv)
 
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", child);
-	put("ready", ready);
-	while (!go)
-		nap(10);
+	ready_wait(ready);
 
 	for (int fd = 3; fd <= 13; fd++)
 		if (fd != 9)
@@ -233,7 +191,5 @@ int main(int argc, char **argv)
 	CHECK((fcntl(16, F_GETFL) & O_NONBLOCK) != 0 && syscall(SYS_pidfd_send_signal, 16, 0, NULL, 0) == 0,
 	      "pidfd of self");
 
-	put("result", why[0] ? why : "PASS");
-	for (;;)
-		nap(1000);
+	finish();
 }

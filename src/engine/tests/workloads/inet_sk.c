@@ -34,45 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *dir;
-static volatile sig_atomic_t go;
-
-static void on_usr1(int s) { (void)s; go = 1; }
-
-static void put(const char *name, const char *text)
-{
-	char p[4096], tmp[4096];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(tmp, p);
-}
-
-static void fail(const char *fmt, ...)
-{
-	char msg[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	size_t n = strlen(msg);
-	snprintf(msg + n, sizeof msg - n, " (errno %d %s)", errno, strerror(errno));
-	put("result", msg);
-	exit(1);
-}
-
-static void wait_go(void)
-{
-	sigset_t none;
-	sigemptyset(&none);
-	put("ready", "1");
-	while (!go)
-		sigsuspend(&none);
-}
+#include "workload.h"
 
 /* Byte i of the stream in direction d: never the same sequence twice. */
 static unsigned char pat(int d, size_t i) { return (unsigned char)(i * (d ? 7 : 13) + i / 251 + d * 101); }
@@ -225,7 +187,7 @@ static void stream(void)
 	size_t s2c = fill(s, 1, 0, QUEUED / 2);
 	if (c2s < 100000 || s2c < 100000)
 		fail("queued only %zu and %zu bytes", c2s, s2c);
-	wait_go();
+	ready_wait("1");
 	if (port_of(c, 0) != cport || port_of(c, 1) != 5001 || port_of(s, 0) != 5001 ||
 	    port_of(s, 1) != cport)
 		fail("addresses changed");
@@ -282,7 +244,7 @@ static void tree(void)
 	size_t s2c = fill(s, 1, 0, 200000);
 	if (s2c != 200000)
 		fail("server queued only %zu", s2c);
-	wait_go();
+	ready_wait("1");
 	if (write(down[1], "g", 1) != 1)
 		fail("go to child");
 	expect(s, 0, 0, c2s + 1000, "child->parent stream");
@@ -295,7 +257,7 @@ static void tree(void)
 static void listen_mode(void)
 {
 	int l = listener(5000);
-	wait_go();
+	ready_wait("1");
 	if (port_of(l, 0) != 5000)
 		fail("listener port changed");
 	int one = 0;
@@ -326,7 +288,7 @@ static int udp(int port, int peer)
 static void udp_mode(void)
 {
 	int b = udp(6000, 0), c = udp(6001, 6000);
-	wait_go();
+	ready_wait("1");
 	if (port_of(b, 0) != 6000 || port_of(c, 0) != 6001 || port_of(c, 1) != 6000)
 		fail("udp addresses changed");
 	for (int i = 0; i < 3; i++) {
@@ -362,7 +324,7 @@ static void refuse(int raw)
 	/* opened last: a higher fd than the connection's, which is dumped first */
 	if (raw && socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) < 0)
 		fail("raw socket");
-	wait_go();
+	ready_wait("1");
 	expect(s, 0, 0, 3000, "queued before the refused dump");
 	send_all(s, 1, 0, 3000, "reply");
 	expect(c, 1, 0, 3000, "reply");
@@ -373,8 +335,7 @@ int main(int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	dir = argv[2];
-	signal(SIGUSR1, on_usr1);
+	wl_start(argv[2]);
 	signal(SIGPIPE, SIG_IGN);
 	const char *m = argv[1];
 	if (!strcmp(m, "listen"))

@@ -19,33 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 #define PG 4096
-
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
 
 static unsigned char pat(int seed, size_t i) { return (unsigned char)(i * 7 + seed); }
 
@@ -71,34 +47,11 @@ static int make(const char *name, size_t len, int seed, char *path)
 	return fd;
 }
 
-static void maps_line(void *p, char *out, size_t n)
-{
-	char key[32], line[1024];
-	snprintf(key, sizeof key, "%lx-", (unsigned long)p);
-	out[0] = 0;
-	FILE *f = fopen("/proc/self/maps", "r");
-	while (f && fgets(line, sizeof line, f))
-		if (!strncmp(line, key, strlen(key))) {
-			snprintf(out, n, "%s", line);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
-
-static int map_file(void *p, size_t len, int flags)
-{
-	char path[128];
-	snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)p,
-		 (unsigned long)p + len);
-	return open(path, flags);
-}
-
 int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
 	char exe[600];
 	snprintf(exe, sizeof exe, "%s/exe", dir);
 	if (argc < 3) {
@@ -136,20 +89,15 @@ int main(int argc, char **argv)
 		return 6;
 	if (unlink(ps) || unlink(pp) || unlink(pb))
 		return 7;
-	put("ready", "ready\n");
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait("ready\n"); /* polls, so it runs: the test sees it scheduled */
 
-	char line[1024], want[700];
-	maps_line(gs, line, sizeof line);
+	char want[700];
 	snprintf(want, sizeof want, "%s (deleted)", ps);
-	CHECK(strstr(line, "rw-s") && strstr(line, want), "gs maps %s", line);
-	maps_line(gp, line, sizeof line);
+	check_maps(gs, "gs", "rw-s", want);
 	snprintf(want, sizeof want, "%s (deleted)", pp);
-	CHECK(strstr(line, "rw-p") && strstr(line, want), "gp maps %s", line);
-	maps_line(gb, line, sizeof line);
+	check_maps(gp, "gp", "rw-p", want);
 	snprintf(want, sizeof want, "%s (deleted)", pb);
-	CHECK(strstr(line, "rw-s") && strstr(line, want), "gb maps %s", line);
+	check_maps(gb, "gb", "rw-s", want);
 	CHECK(access(ps, F_OK) && access(pp, F_OK) && access(pb, F_OK) && access(exe, F_OK),
 	      "a name came back");
 	char self[700] = "";

@@ -24,36 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 #define PG 4096
 #ifndef F_SEAL_FUTURE_WRITE
 #define F_SEAL_FUTURE_WRITE 0x0010
 #endif
-
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
 
 static unsigned char pat(int seed, size_t i) { return (unsigned char)(i * 13 + seed); }
 
@@ -75,41 +51,11 @@ static int same(const unsigned char *p, size_t len, int seed)
 	return 1;
 }
 
-static void at(int fd, int want)
-{
-	if (fd != want && (dup2(fd, want) != want || close(fd)))
-		exit(10 + want);
-}
-
-/* The line of /proc/self/maps starting at p, or "" */
-static void maps_line(void *p, char *out, size_t n)
-{
-	char key[32], line[512];
-	snprintf(key, sizeof key, "%lx-", (unsigned long)p);
-	out[0] = 0;
-	FILE *f = fopen("/proc/self/maps", "r");
-	while (f && fgets(line, sizeof line, f))
-		if (!strncmp(line, key, strlen(key))) {
-			snprintf(out, n, "%s", line);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
-
-static int map_file(void *p, size_t len, int flags)
-{
-	char path[128];
-	snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)p,
-		 (unsigned long)p + len);
-	return open(path, flags);
-}
-
 int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
 	struct sigaction sa_ = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa_, NULL);
 
@@ -163,21 +109,13 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "child=%d\n", child);
-	put("ready", ready);
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait(ready); /* polls, so it runs: the test sees it scheduled */
 
-	char line[512];
-	maps_line(sa, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-mapfd (deleted)"), "sa maps %s", line);
-	maps_line(pa, line, sizeof line);
-	CHECK(strstr(line, "rw-p") && strstr(line, "/memfd:ferry-mapfd (deleted)"), "pa maps %s", line);
-	maps_line(sb, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-closed (deleted)"), "sb maps %s", line);
-	maps_line(pb, line, sizeof line);
-	CHECK(strstr(line, "r--p") && strstr(line, "/memfd:ferry-closed (deleted)"), "pb maps %s", line);
-	maps_line(sc, line, sizeof line);
-	CHECK(strstr(line, "rw-s") && strstr(line, "/memfd:ferry-fwrite (deleted)"), "sc maps %s", line);
+	check_maps(sa, "sa", "rw-s", "/memfd:ferry-mapfd (deleted)");
+	check_maps(pa, "pa", "rw-p", "/memfd:ferry-mapfd (deleted)");
+	check_maps(sb, "sb", "rw-s", "/memfd:ferry-closed (deleted)");
+	check_maps(pb, "pb", "r--p", "/memfd:ferry-closed (deleted)");
+	check_maps(sc, "sc", "rw-s", "/memfd:ferry-fwrite (deleted)");
 	char link[256] = "";
 	readlink("/proc/self/fd/3", link, sizeof link - 1);
 	CHECK(!strcmp(link, "/memfd:ferry-mapfd (deleted)"), "fd 3 is %s", link);

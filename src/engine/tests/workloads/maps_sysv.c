@@ -18,57 +18,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "workload.h"
+
 #define PG 4096
 #define SZ (3 * PG + 100)
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	rename(p, q);
-}
-
-static void nap(long ms)
-{
-	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
-	while (nanosleep(&t, &t) && errno == EINTR)
-		;
-}
-
 static unsigned char pat(size_t i) { return (unsigned char)(i * 11 + 5); }
-
-static void maps_line(void *p, char *out, size_t n)
-{
-	char key[32], line[512];
-	snprintf(key, sizeof key, "%lx-", (unsigned long)p);
-	out[0] = 0;
-	FILE *f = fopen("/proc/self/maps", "r");
-	while (f && fgets(line, sizeof line, f))
-		if (!strncmp(line, key, strlen(key))) {
-			snprintf(out, n, "%s", line);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
 
 int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	snprintf(dir, sizeof dir, "%s", argv[1]);
+	wl_start(argv[1]);
 	struct sigaction sa_ = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa_, NULL);
 
@@ -96,17 +57,11 @@ int main(int argc, char **argv)
 	}
 	char ready[64];
 	snprintf(ready, sizeof ready, "shmid=%d\nchild=%d\n", id, child);
-	put("ready", ready);
-	while (!go)
-		nap(20); /* runs: the test sees it scheduled */
+	ready_wait(ready); /* polls, so it runs: the test sees it scheduled */
 
-	char line[512];
-	maps_line(a1, line, sizeof line);
-	CHECK(strstr(line, "rw-s 00000000") && strstr(line, "/SYSV00000000 (deleted)"), "a1 maps %s", line);
-	maps_line(a2, line, sizeof line);
-	CHECK(strstr(line, "r--s 00000000") && strstr(line, "/SYSV00000000 (deleted)"), "a2 maps %s", line);
-	maps_line(a3, line, sizeof line);
-	CHECK(strstr(line, "rw-s 00001000") && strstr(line, "/SYSV00000000 (deleted)"), "a3 maps %s", line);
+	check_maps(a1, "a1", "rw-s 00000000", "/SYSV00000000 (deleted)");
+	check_maps(a2, "a2", "r--s 00000000", "/SYSV00000000 (deleted)");
+	check_maps(a3, "a3", "rw-s 00001000", "/SYSV00000000 (deleted)");
 
 	int ok = 1;
 	for (size_t i = 0; i < SZ; i++)

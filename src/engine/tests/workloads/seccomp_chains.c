@@ -42,24 +42,7 @@
 #include <seccomp.h>
 #endif
 
-static volatile sig_atomic_t go;
-static void on_usr1(int s) { (void)s; go = 1; }
-static char dir[512];
-static char why[4096];
-#define CHECK(c, ...) do { if (!(c)) { snprintf(why + strlen(why), sizeof why - strlen(why), __VA_ARGS__); strcat(why, "; "); } } while (0)
-
-static void put(const char *name, const char *text)
-{
-	char p[600], q[600];
-	snprintf(p, sizeof p, "%s/%s.tmp", dir, name);
-	FILE *f = fopen(p, "w");
-	if (!f)
-		exit(3);
-	fputs(text, f);
-	fclose(f);
-	snprintf(q, sizeof q, "%s/%s", dir, name);
-	rename(p, q);
-}
+#include "workload.h"
 
 /* return (nr == NR) ? ERRNO(err) : ALLOW */
 static int deny(int nr, int err, unsigned flags)
@@ -204,8 +187,7 @@ int main(int argc, char **argv)
 	if (argc < 3)
 		return 1;
 	const char *mode = argv[1];
-	snprintf(dir, sizeof dir, "%s", argv[2]);
-	signal(SIGUSR1, on_usr1);
+	wl_start(argv[2]);
 	struct th main_th = {0};
 	main_th.tid = getpid();
 	int nnp = 0;

@@ -34,46 +34,11 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+/* a result that cannot be written: 99, not 3 */
+#define WL_PUT_EXIT 99
+#include "workload.h"
+
 #define KCMP_FILE 0
-
-static const char *dir;
-static volatile sig_atomic_t go;
-
-static void on_usr1(int s) { (void)s; go = 1; }
-
-static void put(const char *name, const char *text)
-{
-	char p[512], t[600];
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	snprintf(t, sizeof(t), "%s.tmp%d", p, getpid());
-	int fd = open(t, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		_exit(99);
-	if (write(fd, text, strlen(text)) < 0)
-		_exit(99);
-	close(fd);
-	rename(t, p);
-}
-
-static void fail(const char *fmt, ...)
-{
-	char b[400], m[450];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(b, sizeof(b), fmt, ap);
-	va_end(ap);
-	snprintf(m, sizeof(m), "FAIL: %s (errno %d %s)", b, errno, strerror(errno));
-	put("result", m);
-	_exit(1);
-}
-
-#define CHECK(c, ...) do { if (!(c)) fail(__VA_ARGS__); } while (0)
-
-static void wait_go(void)
-{
-	while (!go)
-		pause();
-}
 
 static int same_file(int a, int b)
 {
@@ -97,7 +62,7 @@ static void send_fds(int sk, const char *s, const int *fds, int n)
 		c->cmsg_len = CMSG_LEN(n * sizeof(int));
 		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
 	}
-	CHECK(sendmsg(sk, &m, MSG_NOSIGNAL) == (ssize_t)strlen(s), "sendmsg \"%s\" with %d fds", s, n);
+	REQUIRE(sendmsg(sk, &m, MSG_NOSIGNAL) == (ssize_t)strlen(s), "sendmsg \"%s\" with %d fds", s, n);
 }
 
 /* Receives one message (or stream chunk): its text must be `want`, it must carry `n` fds,
@@ -109,20 +74,20 @@ static void recv_fds(int sk, const char *want, int *fds, int n)
 	struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
 			    .msg_controllen = sizeof(cbuf) };
 	ssize_t r = recvmsg(sk, &m, MSG_DONTWAIT);
-	CHECK(r >= 0, "recvmsg on fd %d wanting \"%s\"", sk, want);
+	REQUIRE(r >= 0, "recvmsg on fd %d wanting \"%s\"", sk, want);
 	b[r] = 0;
-	CHECK(strcmp(b, want) == 0, "fd %d: wanted \"%s\", got \"%s\"", sk, want, b);
-	CHECK(!(m.msg_flags & MSG_CTRUNC), "control data truncated on \"%s\"", want);
+	REQUIRE(strcmp(b, want) == 0, "fd %d: wanted \"%s\", got \"%s\"", sk, want, b);
+	REQUIRE(!(m.msg_flags & MSG_CTRUNC), "control data truncated on \"%s\"", want);
 	int got = 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
 		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		CHECK(got + k <= n, "\"%s\" carries more than %d fds", want, n);
+		REQUIRE(got + k <= n, "\"%s\" carries more than %d fds", want, n);
 		memcpy(fds + got, CMSG_DATA(c), k * sizeof(int));
 		got += k;
 	}
-	CHECK(got == n, "\"%s\" carries %d fds, wanted %d", want, got, n);
+	REQUIRE(got == n, "\"%s\" carries %d fds, wanted %d", want, got, n);
 }
 
 static void expect_read(int fd, const char *want)
@@ -130,41 +95,33 @@ static void expect_read(int fd, const char *want)
 	char b[64];
 	size_t n = strlen(want);
 	ssize_t r = read(fd, b, n);
-	CHECK(r == (ssize_t)n && memcmp(b, want, n) == 0, "fd %d: wanted \"%s\", read %zd \"%.*s\"",
+	REQUIRE(r == (ssize_t)n && memcmp(b, want, n) == 0, "fd %d: wanted \"%s\", read %zd \"%.*s\"",
 	      fd, want, r, (int)(r > 0 ? r : 0), b);
-}
-
-static void expect_empty(int fd)
-{
-	char b[8];
-	errno = 0;
-	ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
-	CHECK(r < 0 && errno == EAGAIN, "fd %d should have nothing queued (got %zd)", fd, r);
 }
 
 static void mode_inflight(void)
 {
 	int cd[2], cs[2], o[2], p[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, cd) == 0, "socketpair dgram");
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, cs) == 0, "socketpair stream");
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, o) == 0, "socketpair other");
-	CHECK(pipe(p) == 0, "pipe");
-	CHECK(write(p[1], "pipe-data-1", 11) == 11, "fill the pipe");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, cd) == 0, "socketpair dgram");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, cs) == 0, "socketpair stream");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, o) == 0, "socketpair other");
+	REQUIRE(pipe(p) == 0, "pipe");
+	REQUIRE(write(p[1], "pipe-data-1", 11) == 11, "fill the pipe");
 
 	char path[512];
 	snprintf(path, sizeof(path), "%s/reg.txt", dir);
 	int w = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	CHECK(w >= 0 && write(w, "0123456789abcdef", 16) == 16, "write %s", path);
+	REQUIRE(w >= 0 && write(w, "0123456789abcdef", 16) == 16, "write %s", path);
 	close(w);
 	int rf = open(path, O_RDWR);	/* held by the task and in flight: one description */
 	int rf2 = open(path, O_RDONLY); /* only in flight */
-	CHECK(rf >= 0 && rf2 >= 0, "open %s", path);
-	CHECK(lseek(rf, 5, SEEK_SET) == 5 && lseek(rf2, 7, SEEK_SET) == 7, "lseek");
+	REQUIRE(rf >= 0 && rf2 >= 0, "open %s", path);
+	REQUIRE(lseek(rf, 5, SEEK_SET) == 5 && lseek(rf2, 7, SEEK_SET) == 7, "lseek");
 
 	/* The other socketpair's end in flight has a queue of its own, with a file in it. */
 	int efd = eventfd(7, 0);
-	CHECK(efd >= 0, "eventfd");
-	CHECK(send(o[1], "to-o0", 5, 0) == 5, "send to-o0");
+	REQUIRE(efd >= 0, "eventfd");
+	REQUIRE(send(o[1], "to-o0", 5, 0) == 5, "send to-o0");
 	send_fds(o[1], "efd", &efd, 1);
 	close(efd);
 
@@ -172,25 +129,25 @@ static void mode_inflight(void)
 	struct sockaddr_un la = { .sun_family = AF_UNIX };
 	snprintf(la.sun_path, sizeof(la.sun_path), "%s/l.sock", dir);
 	int l = socket(AF_UNIX, SOCK_STREAM, 0);
-	CHECK(l >= 0 && bind(l, (struct sockaddr *)&la, sizeof(la)) == 0 && listen(l, 4) == 0,
+	REQUIRE(l >= 0 && bind(l, (struct sockaddr *)&la, sizeof(la)) == 0 && listen(l, 4) == 0,
 	      "listen on %s", la.sun_path);
 	int cl = socket(AF_UNIX, SOCK_STREAM, 0);
-	CHECK(cl >= 0 && connect(cl, (struct sockaddr *)&la, sizeof(la)) == 0, "connect");
+	REQUIRE(cl >= 0 && connect(cl, (struct sockaddr *)&la, sizeof(la)) == 0, "connect");
 
 	/* An unlinked file and a memfd, only in flight. */
 	char gpath[512];
 	snprintf(gpath, sizeof(gpath), "%s/gone.txt", dir);
 	int g = open(gpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	CHECK(g >= 0 && write(g, "ghost!", 6) == 6 && unlink(gpath) == 0, "unlinked file");
+	REQUIRE(g >= 0 && write(g, "ghost!", 6) == 6 && unlink(gpath) == 0, "unlinked file");
 	int mfd = memfd_create("scm", 0);
-	CHECK(mfd >= 0 && write(mfd, "memfd!", 6) == 6, "memfd");
+	REQUIRE(mfd >= 0 && write(mfd, "memfd!", 6) == 6, "memfd");
 	char opath[512];
 	snprintf(opath, sizeof(opath), "%s/only.txt", dir);
 	w = open(opath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	CHECK(w >= 0 && write(w, "only", 4) == 4, "write %s", opath);
+	REQUIRE(w >= 0 && write(w, "only", 4) == 4, "write %s", opath);
 	close(w);
 	int only = open(opath, O_RDONLY);
-	CHECK(only >= 0 && lseek(only, 2, SEEK_SET) == 2, "open %s", opath);
+	REQUIRE(only >= 0 && lseek(only, 2, SEEK_SET) == 2, "open %s", opath);
 	int anon[3] = { g, mfd, only };
 
 	int files[3] = { p[0], rf, rf2 };
@@ -217,39 +174,39 @@ static void mode_inflight(void)
 	int rp = got[0], rr = got[1], rr2 = got[2];
 	/* The pipe: its data, then what the writer (this task's p[1]) writes now. */
 	expect_read(rp, "pipe-data-1");
-	CHECK(write(p[1], "more", 4) == 4, "write into the pipe");
+	REQUIRE(write(p[1], "more", 4) == 4, "write into the pipe");
 	expect_read(rp, "more");
 	/* The regular file held by the task too: one description, offset 5. */
-	CHECK(lseek(rr, 0, SEEK_CUR) == 5, "received file at offset %ld, not 5",
+	REQUIRE(lseek(rr, 0, SEEK_CUR) == 5, "received file at offset %ld, not 5",
 	      (long)lseek(rr, 0, SEEK_CUR));
-	CHECK(same_file(rr, rf), "the file in flight is no longer the task's description");
-	CHECK(lseek(rf, 9, SEEK_SET) == 9, "lseek rf");
+	REQUIRE(same_file(rr, rf), "the file in flight is no longer the task's description");
+	REQUIRE(lseek(rf, 9, SEEK_SET) == 9, "lseek rf");
 	expect_read(rr, "9ab");
-	CHECK(lseek(rf, 0, SEEK_CUR) == 12, "offsets not shared");
-	CHECK((fcntl(rr, F_GETFL) & O_ACCMODE) == O_RDWR, "flags of the file in flight");
+	REQUIRE(lseek(rf, 0, SEEK_CUR) == 12, "offsets not shared");
+	REQUIRE((fcntl(rr, F_GETFL) & O_ACCMODE) == O_RDWR, "flags of the file in flight");
 	/* The one only in flight: offset 7, read-only. */
-	CHECK(lseek(rr2, 0, SEEK_CUR) == 7, "second file at offset %ld, not 7",
+	REQUIRE(lseek(rr2, 0, SEEK_CUR) == 7, "second file at offset %ld, not 7",
 	      (long)lseek(rr2, 0, SEEK_CUR));
-	CHECK(!same_file(rr2, rf), "two descriptions became one");
+	REQUIRE(!same_file(rr2, rf), "two descriptions became one");
 	expect_read(rr2, "789");
-	CHECK((fcntl(rr2, F_GETFL) & O_ACCMODE) == O_RDONLY, "flags of the second file");
+	REQUIRE((fcntl(rr2, F_GETFL) & O_ACCMODE) == O_RDONLY, "flags of the second file");
 
 	recv_fds(cd[1], "plain", NULL, 0);
 
 	int ro;
 	recv_fds(cd[1], "sock", &ro, 1);
 	char b[16];
-	CHECK(recv(ro, b, 5, MSG_DONTWAIT) == 5 && memcmp(b, "to-o0", 5) == 0,
+	REQUIRE(recv(ro, b, 5, MSG_DONTWAIT) == 5 && memcmp(b, "to-o0", 5) == 0,
 	      "the queue of the socket in flight");
 	int re;
 	recv_fds(ro, "efd", &re, 1);
 	uint64_t v = 0;
-	CHECK(read(re, &v, 8) == 8 && v == 7, "eventfd in flight in flight: %lu", (unsigned long)v);
-	CHECK(send(ro, "ping", 4, 0) == 4, "send on the socket from flight");
-	CHECK(recv(o[1], b, 4, MSG_DONTWAIT) == 4 && memcmp(b, "ping", 4) == 0,
+	REQUIRE(read(re, &v, 8) == 8 && v == 7, "eventfd in flight in flight: %lu", (unsigned long)v);
+	REQUIRE(send(ro, "ping", 4, 0) == 4, "send on the socket from flight");
+	REQUIRE(recv(o[1], b, 4, MSG_DONTWAIT) == 4 && memcmp(b, "ping", 4) == 0,
 	      "its peer does not get what it sends");
-	CHECK(send(o[1], "pong", 4, 0) == 4, "send to it");
-	CHECK(recv(ro, b, 4, MSG_DONTWAIT) == 4 && memcmp(b, "pong", 4) == 0,
+	REQUIRE(send(o[1], "pong", 4, 0) == 4, "send to it");
+	REQUIRE(recv(ro, b, 4, MSG_DONTWAIT) == 4 && memcmp(b, "pong", 4) == 0,
 	      "it does not get what its peer sends");
 
 	int rl;
@@ -258,25 +215,25 @@ static void mode_inflight(void)
 	recv_fds(cd[1], "anon", ra, 3);
 	expect_read(ra[2], "ly");
 	struct stat st;
-	CHECK(fstat(ra[0], &st) == 0 && st.st_nlink == 0, "the unlinked file in flight got a name");
-	CHECK(lseek(ra[0], 0, SEEK_CUR) == 6, "unlinked file offset");
-	CHECK(pread(ra[0], b, 6, 0) == 6 && memcmp(b, "ghost!", 6) == 0, "unlinked file content");
-	CHECK(lseek(ra[1], 0, SEEK_CUR) == 6, "memfd offset");
-	CHECK(pread(ra[1], b, 6, 0) == 6 && memcmp(b, "memfd!", 6) == 0, "memfd content");
+	REQUIRE(fstat(ra[0], &st) == 0 && st.st_nlink == 0, "the unlinked file in flight got a name");
+	REQUIRE(lseek(ra[0], 0, SEEK_CUR) == 6, "unlinked file offset");
+	REQUIRE(pread(ra[0], b, 6, 0) == 6 && memcmp(b, "ghost!", 6) == 0, "unlinked file content");
+	REQUIRE(lseek(ra[1], 0, SEEK_CUR) == 6, "memfd offset");
+	REQUIRE(pread(ra[1], b, 6, 0) == 6 && memcmp(b, "memfd!", 6) == 0, "memfd content");
 	int acc = accept(rl, NULL, NULL);
-	CHECK(acc >= 0, "accept the pending connection on the listener from flight");
-	CHECK(send(cl, "hi", 2, 0) == 2 && recv(acc, b, 2, 0) == 2 && memcmp(b, "hi", 2) == 0,
+	REQUIRE(acc >= 0, "accept the pending connection on the listener from flight");
+	REQUIRE(send(cl, "hi", 2, 0) == 2 && recv(acc, b, 2, 0) == 2 && memcmp(b, "hi", 2) == 0,
 	      "the pending connection");
 	int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
-	CHECK(c2 >= 0 && connect(c2, (struct sockaddr *)&la, sizeof(la)) == 0,
+	REQUIRE(c2 >= 0 && connect(c2, (struct sockaddr *)&la, sizeof(la)) == 0,
 	      "connect to the listener from flight by its name");
 	int a2 = accept(rl, NULL, NULL);
-	CHECK(a2 >= 0 && send(c2, "yo", 2, 0) == 2 && recv(a2, b, 2, 0) == 2, "new connection");
+	REQUIRE(a2 >= 0 && send(c2, "yo", 2, 0) == 2 && recv(a2, b, 2, 0) == 2, "new connection");
 
 	/* The stream: bytes up to the message with the file come with it, then the rest. */
 	int rp2;
 	recv_fds(cs[1], "abcdef", &rp2, 1);
-	CHECK(same_file(rp2, rp), "the pipe passed twice is two descriptions now");
+	REQUIRE(same_file(rp2, rp), "the pipe passed twice is two descriptions now");
 	recv_fds(cs[1], "ghi", NULL, 0);
 
 	expect_empty(cd[1]);
@@ -288,37 +245,37 @@ static void mode_inflight(void)
 static void mode_loop(void)
 {
 	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
 	send_fds(sv[0], "self", &sv[1], 1);
 	put("ready", "ready");
 	wait_go();
 	int r;
 	recv_fds(sv[1], "self", &r, 1);
-	CHECK(same_file(r, sv[1]), "the socket that came back is another one");
+	REQUIRE(same_file(r, sv[1]), "the socket that came back is another one");
 }
 
 static void mode_loop2(void)
 {
 	int x[2], y[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, x) == 0, "socketpair x");
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, y) == 0, "socketpair y");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, x) == 0, "socketpair x");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, y) == 0, "socketpair y");
 	send_fds(x[0], "y1", &y[1], 1);
 	send_fds(y[0], "x1", &x[1], 1);
 	put("ready", "ready");
 	wait_go();
 	int r;
 	recv_fds(x[1], "y1", &r, 1);
-	CHECK(same_file(r, y[1]), "y1 came back as another socket");
+	REQUIRE(same_file(r, y[1]), "y1 came back as another socket");
 	recv_fds(y[1], "x1", &r, 1);
-	CHECK(same_file(r, x[1]), "x1 came back as another socket");
+	REQUIRE(same_file(r, x[1]), "x1 came back as another socket");
 }
 
 static void mode_epoll(void)
 {
 	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
 	int ep = epoll_create1(0);
-	CHECK(ep >= 0, "epoll_create1");
+	REQUIRE(ep >= 0, "epoll_create1");
 	send_fds(sv[0], "ep", &ep, 1);
 	close(ep);
 	put("ready", "ready");
@@ -326,14 +283,14 @@ static void mode_epoll(void)
 	int r;
 	recv_fds(sv[1], "ep", &r, 1);
 	struct epoll_event e;
-	CHECK(epoll_wait(r, &e, 1, 0) == 0, "the epoll instance from flight");
+	REQUIRE(epoll_wait(r, &e, 1, 0) == 0, "the epoll instance from flight");
 }
 
 static void mode_creds(void)
 {
 	int sv[2], one = 1;
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
-	CHECK(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == 0, "SO_PASSCRED");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	REQUIRE(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == 0, "SO_PASSCRED");
 	struct ucred u = { .pid = getpid(), .uid = 4242, .gid = 4343 };
 	char cbuf[CMSG_SPACE(sizeof(u))];
 	struct iovec io = { .iov_base = "c", .iov_len = 1 };
@@ -344,18 +301,18 @@ static void mode_creds(void)
 	c->cmsg_type = SCM_CREDENTIALS;
 	c->cmsg_len = CMSG_LEN(sizeof(u));
 	memcpy(CMSG_DATA(c), &u, sizeof(u));
-	CHECK(sendmsg(sv[0], &m, 0) == 1, "sendmsg as uid 4242");
+	REQUIRE(sendmsg(sv[0], &m, 0) == 1, "sendmsg as uid 4242");
 	put("ready", "ready");
 	wait_go();
 	char b[4];
 	struct iovec io2 = { .iov_base = b, .iov_len = sizeof(b) };
 	struct msghdr m2 = { .msg_iov = &io2, .msg_iovlen = 1, .msg_control = cbuf,
 			     .msg_controllen = sizeof(cbuf) };
-	CHECK(recvmsg(sv[1], &m2, MSG_DONTWAIT) == 1, "recvmsg");
+	REQUIRE(recvmsg(sv[1], &m2, MSG_DONTWAIT) == 1, "recvmsg");
 	struct cmsghdr *r = CMSG_FIRSTHDR(&m2);
-	CHECK(r && r->cmsg_type == SCM_CREDENTIALS, "no credentials");
+	REQUIRE(r && r->cmsg_type == SCM_CREDENTIALS, "no credentials");
 	memcpy(&u, CMSG_DATA(r), sizeof(u));
-	CHECK(u.uid == 4242 && u.gid == 4343, "credentials changed: uid %u gid %u", u.uid, u.gid);
+	REQUIRE(u.uid == 4242 && u.gid == 4343, "credentials changed: uid %u gid %u", u.uid, u.gid);
 }
 
 #define MANY_MSGS 17
@@ -363,7 +320,7 @@ static void mode_creds(void)
 static void mode_many(void)
 {
 	int sv[2], fds[253];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
 	for (int i = 0; i < 253; i++)
 		fds[i] = 0;
 	for (int i = 0; i < MANY_MSGS; i++)
@@ -374,7 +331,7 @@ static void mode_many(void)
 		int got[253];
 		recv_fds(sv[1], "m", got, 253);
 		for (int k = 0; k < 253; k++) {
-			CHECK(same_file(got[k], 0), "fd %d of message %d", k, i);
+			REQUIRE(same_file(got[k], 0), "fd %d of message %d", k, i);
 			close(got[k]);
 		}
 	}
@@ -384,9 +341,9 @@ static void mode_many(void)
 static void mode_inet(void)
 {
 	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0, "socketpair");
 	int t = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(t >= 0, "socket AF_INET");
+	REQUIRE(t >= 0, "socket AF_INET");
 	send_fds(sv[0], "tcp", &t, 1);
 	close(t);
 	put("ready", "ready");
@@ -395,7 +352,7 @@ static void mode_inet(void)
 	recv_fds(sv[1], "tcp", &r, 1);
 	struct sockaddr_in a;
 	socklen_t al = sizeof(a);
-	CHECK(getsockname(r, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET,
+	REQUIRE(getsockname(r, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET,
 	      "the TCP socket in flight");
 }
 
@@ -403,9 +360,7 @@ int main(int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	dir = argv[2];
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+	wl_start(argv[2]);
 	const char *m = argv[1];
 	if (!strcmp(m, "inflight"))
 		mode_inflight();

@@ -28,50 +28,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *dir;
-static const char *result_name = "result";
-static volatile sig_atomic_t go;
-
-static void on_usr1(int s) { (void)s; go = 1; }
-
-static void put(const char *name, const char *text)
-{
-	char p[512], t[600];
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	snprintf(t, sizeof(t), "%s.tmp%d", p, getpid());
-	int fd = open(t, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		_exit(99);
-	if (write(fd, text, strlen(text)) < 0)
-		_exit(99);
-	close(fd);
-	rename(t, p);
-}
-
-static void fail(const char *fmt, ...)
-{
-	char b[400], m[450];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(b, sizeof(b), fmt, ap);
-	va_end(ap);
-	snprintf(m, sizeof(m), "FAIL: %s (errno %d %s)", b, errno, strerror(errno));
-	put(result_name, m);
-	_exit(1);
-}
-
-#define CHECK(c, ...) do { if (!(c)) fail(__VA_ARGS__); } while (0)
-
-static void wait_go(void)
-{
-	while (!go)
-		pause();
-}
+/* a result that cannot be written: 99, not 3 */
+#define WL_PUT_EXIT 99
+#include "workload.h"
 
 static void send_s(int fd, const char *s)
 {
 	size_t n = strlen(s);
-	CHECK(send(fd, s, n, MSG_NOSIGNAL) == (ssize_t)n, "send %s on fd %d", s, fd);
+	REQUIRE(send(fd, s, n, MSG_NOSIGNAL) == (ssize_t)n, "send %s on fd %d", s, fd);
 }
 
 /* Receives exactly `want` (stream: exactly its bytes; datagram: one message equal to it). */
@@ -81,25 +45,17 @@ static void expect(int fd, const char *want, int stream)
 	size_t n = strlen(want), got = 0;
 	do {
 		ssize_t r = recv(fd, b + got, stream ? n - got : sizeof(b), MSG_DONTWAIT);
-		CHECK(r > 0 || (r == 0 && n == 0), "recv on fd %d wanting \"%s\" got %zd", fd, want, r);
+		REQUIRE(r > 0 || (r == 0 && n == 0), "recv on fd %d wanting \"%s\" got %zd", fd, want, r);
 		got += r;
 	} while (stream && got < n);
-	CHECK(got == n && memcmp(b, want, n) == 0, "fd %d: wanted \"%s\", got \"%.*s\"", fd,
+	REQUIRE(got == n && memcmp(b, want, n) == 0, "fd %d: wanted \"%s\", got \"%.*s\"", fd,
 	      want, (int)got, b);
 }
 
 static void wait_in(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	CHECK(poll(&p, 1, 10000) == 1, "nothing arrives on fd %d", fd);
-}
-
-static void expect_empty(int fd)
-{
-	char b[8];
-	errno = 0;
-	ssize_t r = recv(fd, b, sizeof(b), MSG_DONTWAIT);
-	CHECK(r < 0 && errno == EAGAIN, "fd %d should have nothing queued (got %zd)", fd, r);
+	REQUIRE(poll(&p, 1, 10000) == 1, "nothing arrives on fd %d", fd);
 }
 
 static const int types[3] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET };
@@ -159,26 +115,26 @@ static void mode_pair(void)
 {
 	int sv[3][2];
 	for (int t = 0; t < 3; t++) {
-		CHECK(socketpair(AF_UNIX, types[t], 0, sv[t]) == 0, "socketpair %s", tname[t]);
+		REQUIRE(socketpair(AF_UNIX, types[t], 0, sv[t]) == 0, "socketpair %s", tname[t]);
 		fill(sv[t][0], sv[t][1], t);
 	}
 	int dupd = dup(sv[0][0]);
 	/* a big stream queue, options and a non-blocking end */
 	int big[2];
 	static char pat[100000], got[100000];
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, big) == 0, "socketpair big");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, big) == 0, "socketpair big");
 	for (size_t i = 0; i < sizeof(pat); i++)
 		pat[i] = (char)(i * 7 % 251);
 	int sz = 300000, one = 1;
 	struct timeval tv = { .tv_sec = 7, .tv_usec = 5000 };
-	CHECK(setsockopt(big[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)) == 0, "SO_SNDBUF");
-	CHECK(setsockopt(big[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == 0, "SO_PASSCRED");
-	CHECK(setsockopt(big[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0, "SO_RCVTIMEO");
-	CHECK(fcntl(big[0], F_SETFL, O_NONBLOCK) == 0, "O_NONBLOCK");
+	REQUIRE(setsockopt(big[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)) == 0, "SO_SNDBUF");
+	REQUIRE(setsockopt(big[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == 0, "SO_PASSCRED");
+	REQUIRE(setsockopt(big[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0, "SO_RCVTIMEO");
+	REQUIRE(fcntl(big[0], F_SETFL, O_NONBLOCK) == 0, "O_NONBLOCK");
 	size_t off = 0;
 	while (off < sizeof(pat)) {
 		ssize_t r = send(big[0], pat + off, sizeof(pat) - off, 0);
-		CHECK(r > 0, "fill the big queue at %zu", off);
+		REQUIRE(r > 0, "fill the big queue at %zu", off);
 		off += r;
 	}
 	int sndbuf_before;
@@ -192,22 +148,22 @@ static void mode_pair(void)
 	int v;
 	struct timeval tv2;
 	ol = sizeof(v);
-	CHECK(getsockopt(big[0], SOL_SOCKET, SO_SNDBUF, &v, &ol) == 0 && v == sndbuf_before,
+	REQUIRE(getsockopt(big[0], SOL_SOCKET, SO_SNDBUF, &v, &ol) == 0 && v == sndbuf_before,
 	      "SO_SNDBUF %d, was %d", v, sndbuf_before);
 	ol = sizeof(v);
-	CHECK(getsockopt(big[1], SOL_SOCKET, SO_PASSCRED, &v, &ol) == 0 && v == 1, "SO_PASSCRED lost");
+	REQUIRE(getsockopt(big[1], SOL_SOCKET, SO_PASSCRED, &v, &ol) == 0 && v == 1, "SO_PASSCRED lost");
 	ol = sizeof(tv2);
-	CHECK(getsockopt(big[1], SOL_SOCKET, SO_RCVTIMEO, &tv2, &ol) == 0 && tv2.tv_sec == 7 &&
+	REQUIRE(getsockopt(big[1], SOL_SOCKET, SO_RCVTIMEO, &tv2, &ol) == 0 && tv2.tv_sec == 7 &&
 	      tv2.tv_usec == tv_before.tv_usec, "SO_RCVTIMEO lost");
-	CHECK(fcntl(big[0], F_GETFL) & O_NONBLOCK, "O_NONBLOCK lost");
-	CHECK(!(fcntl(big[1], F_GETFL) & O_NONBLOCK), "O_NONBLOCK appeared");
+	REQUIRE(fcntl(big[0], F_GETFL) & O_NONBLOCK, "O_NONBLOCK lost");
+	REQUIRE(!(fcntl(big[1], F_GETFL) & O_NONBLOCK), "O_NONBLOCK appeared");
 	off = 0;
 	while (off < sizeof(got)) {
 		ssize_t r = recv(big[1], got + off, sizeof(got) - off, MSG_DONTWAIT);
-		CHECK(r > 0, "big queue ends at %zu", off);
+		REQUIRE(r > 0, "big queue ends at %zu", off);
 		off += r;
 	}
-	CHECK(memcmp(pat, got, sizeof(pat)) == 0, "big queue differs");
+	REQUIRE(memcmp(pat, got, sizeof(pat)) == 0, "big queue differs");
 	expect_empty(big[1]);
 	for (int t = 0; t < 3; t++) {
 		drain(sv[t][0], sv[t][1], t);
@@ -217,9 +173,9 @@ static void mode_pair(void)
 		expect(sv[t][0], "back", 0);
 	}
 	/* One description: the dup shares file status flags with its original. */
-	CHECK(same_file(dupd, sv[0][0]), "dup'ed end is another socket");
+	REQUIRE(same_file(dupd, sv[0][0]), "dup'ed end is another socket");
 	fcntl(dupd, F_SETFL, O_NONBLOCK);
-	CHECK(fcntl(sv[0][0], F_GETFL) & O_NONBLOCK, "dup'ed end is another description");
+	REQUIRE(fcntl(sv[0][0], F_GETFL) & O_NONBLOCK, "dup'ed end is another description");
 	send_s(dupd, "via-dup");
 	expect(sv[0][1], "via-dup", 1);
 }
@@ -228,11 +184,11 @@ static void mode_tree(void)
 {
 	int sv[3][2];
 	for (int t = 0; t < 3; t++)
-		CHECK(socketpair(AF_UNIX, types[t], 0, sv[t]) == 0, "socketpair %s", tname[t]);
+		REQUIRE(socketpair(AF_UNIX, types[t], 0, sv[t]) == 0, "socketpair %s", tname[t]);
 	int sh[2];
-	CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sh) == 0, "socketpair shared");
+	REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM, 0, sh) == 0, "socketpair shared");
 	pid_t c = fork();
-	CHECK(c >= 0, "fork");
+	REQUIRE(c >= 0, "fork");
 	if (c == 0) {
 		result_name = "child-result";
 		close(sh[1]);
@@ -278,11 +234,11 @@ static void mode_tree(void)
 		fcntl(sv[t][0], F_SETFL, fl & ~O_NONBLOCK);
 		char b[64];
 		ssize_t r = recv(sv[t][0], b, 11, MSG_WAITALL);
-		CHECK(r == 11 && memcmp(b, "child-alive", 11) == 0, "%s: child did not answer", tname[t]);
+		REQUIRE(r == 11 && memcmp(b, "child-alive", 11) == 0, "%s: child did not answer", tname[t]);
 		send_s(sv[t][0], "parent-alive");
 	}
 	int st;
-	CHECK(waitpid(c, &st, 0) == c, "waitpid child");
+	REQUIRE(waitpid(c, &st, 0) == c, "waitpid child");
 	/* the child's copy and the parent's are one socket: both reach sh[1] */
 	send_s(sh[0], "shared-from-parent");
 	expect(sh[1], "shared-from-child", 0);
@@ -314,7 +270,7 @@ static int bound(int type, const char *name, int abstract)
 	struct sockaddr_un a;
 	socklen_t l = addr(&a, name, abstract);
 	int s = socket(AF_UNIX, type, 0);
-	CHECK(s >= 0 && bind(s, (struct sockaddr *)&a, l) == 0, "bind %s", name);
+	REQUIRE(s >= 0 && bind(s, (struct sockaddr *)&a, l) == 0, "bind %s", name);
 	return s;
 }
 
@@ -323,7 +279,7 @@ static int connected(int type, const char *name, int abstract)
 	struct sockaddr_un a;
 	socklen_t l = addr(&a, name, abstract);
 	int s = socket(AF_UNIX, type, 0);
-	CHECK(s >= 0 && connect(s, (struct sockaddr *)&a, l) == 0, "connect %s", name);
+	REQUIRE(s >= 0 && connect(s, (struct sockaddr *)&a, l) == 0, "connect %s", name);
 	return s;
 }
 
@@ -331,8 +287,8 @@ static void check_name(int s, const char *name, int abstract)
 {
 	struct sockaddr_un a, b;
 	socklen_t l = addr(&a, name, abstract), m = sizeof(b);
-	CHECK(getsockname(s, (struct sockaddr *)&b, &m) == 0, "getsockname");
-	CHECK(m == l && memcmp(a.sun_path, b.sun_path, l - offsetof(struct sockaddr_un, sun_path)) == 0,
+	REQUIRE(getsockname(s, (struct sockaddr *)&b, &m) == 0, "getsockname");
+	REQUIRE(m == l && memcmp(a.sun_path, b.sun_path, l - offsetof(struct sockaddr_un, sun_path)) == 0,
 	      "bound name of fd %d changed (length %u, wanted %u)", s, m, l);
 }
 
@@ -341,7 +297,7 @@ static void check_listener(int l, int type, const char *name, int abstract)
 {
 	int c = connected(type, name, abstract);
 	int s = accept(l, NULL, NULL);
-	CHECK(s >= 0, "accept a new connection on %s", name);
+	REQUIRE(s >= 0, "accept a new connection on %s", name);
 	send_s(c, "new-conn");
 	expect(s, "new-conn", type == SOCK_STREAM);
 	send_s(s, "new-back");
@@ -357,13 +313,13 @@ static void mode_named(void)
 	snprintf(dpath, sizeof(dpath), "%s/dgram.sock", dir);
 	snprintf(abs_name, sizeof(abs_name), "ferry-unix-test-%d", getpid());
 	int l = bound(SOCK_STREAM, path, 0);
-	CHECK(listen(l, 8) == 0, "listen");
+	REQUIRE(listen(l, 8) == 0, "listen");
 	int la = bound(SOCK_SEQPACKET, abs_name, 1);
-	CHECK(listen(la, 8) == 0, "listen abstract");
+	REQUIRE(listen(la, 8) == 0, "listen abstract");
 	/* an accepted connection with data both ways */
 	int c1 = connected(SOCK_STREAM, path, 0);
 	int s1 = accept(l, NULL, NULL);
-	CHECK(s1 >= 0, "accept");
+	REQUIRE(s1 >= 0, "accept");
 	send_s(c1, "to-server;");
 	send_s(s1, "to-client;");
 	/* a connection nobody accepted yet, on each listener */
@@ -377,7 +333,7 @@ static void mode_named(void)
 	int du = socket(AF_UNIX, SOCK_DGRAM, 0);
 	struct sockaddr_un a;
 	socklen_t al = addr(&a, dpath, 0);
-	CHECK(sendto(du, "dgram-3", 7, 0, (struct sockaddr *)&a, al) == 7, "sendto");
+	REQUIRE(sendto(du, "dgram-3", 7, 0, (struct sockaddr *)&a, al) == 7, "sendto");
 	put("ready", "ready");
 	wait_go();
 	check_name(l, path, 0);
@@ -388,11 +344,11 @@ static void mode_named(void)
 	send_s(s1, "more");
 	expect(c1, "more", 1);
 	int s2 = accept(l, NULL, NULL);
-	CHECK(s2 >= 0, "accept the pending stream connection");
+	REQUIRE(s2 >= 0, "accept the pending stream connection");
 	send_s(c2, "pending-ok");
 	expect(s2, "pending-ok", 1);
 	int s3 = accept(la, NULL, NULL);
-	CHECK(s3 >= 0, "accept the pending seqpacket connection");
+	REQUIRE(s3 >= 0, "accept the pending seqpacket connection");
 	send_s(s3, "seq-ok");
 	expect(c3, "seq-ok", 0);
 	check_listener(l, SOCK_STREAM, path, 0);
@@ -413,20 +369,20 @@ static void mode_unlinked(void)
 	snprintf(path, sizeof(path), "%s/gone.sock", dir);
 	snprintf(dpath, sizeof(dpath), "%s/gone-dgram.sock", dir);
 	int l = bound(SOCK_STREAM, path, 0);
-	CHECK(listen(l, 4) == 0, "listen");
+	REQUIRE(listen(l, 4) == 0, "listen");
 	int c = connected(SOCK_STREAM, path, 0);
 	int ds = bound(SOCK_DGRAM, dpath, 0);
 	int dc = connected(SOCK_DGRAM, dpath, 0);
 	send_s(dc, "queued-before-unlink");
-	CHECK(unlink(path) == 0 && unlink(dpath) == 0, "unlink");
+	REQUIRE(unlink(path) == 0 && unlink(dpath) == 0, "unlink");
 	put("ready", "ready");
 	wait_go();
 	struct stat st;
-	CHECK(stat(path, &st) != 0 && stat(dpath, &st) != 0, "an unlinked name came back");
+	REQUIRE(stat(path, &st) != 0 && stat(dpath, &st) != 0, "an unlinked name came back");
 	check_name(l, path, 0);
 	check_name(ds, dpath, 0);
 	int s = accept(l, NULL, NULL);
-	CHECK(s >= 0, "accept through an unlinked name");
+	REQUIRE(s >= 0, "accept through an unlinked name");
 	send_s(c, "still-here");
 	expect(s, "still-here", 1);
 	expect(ds, "queued-before-unlink", 0);
@@ -437,32 +393,32 @@ static void mode_unlinked(void)
 static void mode_shutdown(void)
 {
 	int a[2], b[2], c[2];
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0, "socketpair");
-	CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, b) == 0, "socketpair");
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, c) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, b) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, c) == 0, "socketpair");
 	send_s(a[0], "bye");
-	CHECK(shutdown(a[0], SHUT_WR) == 0, "shutdown wr");
-	CHECK(shutdown(b[1], SHUT_RD) == 0, "shutdown rd");
+	REQUIRE(shutdown(a[0], SHUT_WR) == 0, "shutdown wr");
+	REQUIRE(shutdown(b[1], SHUT_RD) == 0, "shutdown rd");
 	send_s(c[1], "last words");
 	close(c[1]);
 	put("ready", "ready");
 	wait_go();
 	char x[16];
 	expect(a[1], "bye", 1);
-	CHECK(recv(a[1], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF after SHUT_WR");
+	REQUIRE(recv(a[1], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF after SHUT_WR");
 	errno = 0;
-	CHECK(send(a[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send after SHUT_WR works");
+	REQUIRE(send(a[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send after SHUT_WR works");
 	send_s(a[1], "back");
 	expect(a[0], "back", 1);
-	CHECK(recv(b[1], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF after SHUT_RD");
+	REQUIRE(recv(b[1], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF after SHUT_RD");
 	errno = 0;
-	CHECK(send(b[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send to a SHUT_RD peer works");
+	REQUIRE(send(b[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send to a SHUT_RD peer works");
 	send_s(b[1], "seq");
 	expect(b[0], "seq", 0);
 	expect(c[0], "last words", 1);
-	CHECK(recv(c[0], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF from a closed peer");
+	REQUIRE(recv(c[0], x, sizeof(x), MSG_DONTWAIT) == 0, "no EOF from a closed peer");
 	errno = 0;
-	CHECK(send(c[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send to a closed peer works");
+	REQUIRE(send(c[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "send to a closed peer works");
 }
 
 static void mode_ext(int dgram)
@@ -481,21 +437,21 @@ static void mode_blocked(void)
 	char path[300];
 	snprintf(path, sizeof(path), "%s/blocked.sock", dir);
 	int l = bound(SOCK_STREAM, path, 0);
-	CHECK(listen(l, 4) == 0, "listen");
+	REQUIRE(listen(l, 4) == 0, "listen");
 	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0, "socketpair");
 	pid_t c = fork();
-	CHECK(c >= 0, "fork");
+	REQUIRE(c >= 0, "fork");
 	if (c == 0) {
 		result_name = "child-result";
 		close(sv[0]);
 		char b[16];
 		ssize_t r = recv(sv[1], b, sizeof(b), 0); /* blocked here during the dumps */
-		CHECK(r == 4 && memcmp(b, "wake", 4) == 0, "blocked recv got %zd", r);
+		REQUIRE(r == 4 && memcmp(b, "wake", 4) == 0, "blocked recv got %zd", r);
 		int s = accept(l, NULL, NULL); /* and here, until the parent connects */
-		CHECK(s >= 0, "accept");
+		REQUIRE(s >= 0, "accept");
 		r = recv(s, b, sizeof(b), 0);
-		CHECK(r == 5 && memcmp(b, "hello", 5) == 0, "recv on accepted socket got %zd", r);
+		REQUIRE(r == 5 && memcmp(b, "hello", 5) == 0, "recv on accepted socket got %zd", r);
 		send_s(s, "awake");
 		_exit(0);
 	}
@@ -509,20 +465,20 @@ static void mode_blocked(void)
 	wait_in(k);
 	expect(k, "awake", 1);
 	int st;
-	CHECK(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed");
+	REQUIRE(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed");
 	unlink(path);
 }
 
 static void mode_oob(void)
 {
 	int sv[2];
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair");
 	send_s(sv[0], "abc");
-	CHECK(send(sv[0], "X", 1, MSG_OOB) == 1, "send MSG_OOB");
+	REQUIRE(send(sv[0], "X", 1, MSG_OOB) == 1, "send MSG_OOB");
 	put("ready", "ready");
 	wait_go();
 	char b[4];
-	CHECK(recv(sv[1], b, 1, MSG_OOB | MSG_DONTWAIT) == 1 && b[0] == 'X', "out-of-band byte lost");
+	REQUIRE(recv(sv[1], b, 1, MSG_OOB | MSG_DONTWAIT) == 1 && b[0] == 'X', "out-of-band byte lost");
 	expect(sv[1], "abc", 1);
 }
 
@@ -531,13 +487,13 @@ static void mode_pending_data(void)
 	char path[300];
 	snprintf(path, sizeof(path), "%s/early.sock", dir);
 	int l = bound(SOCK_STREAM, path, 0);
-	CHECK(listen(l, 4) == 0, "listen");
+	REQUIRE(listen(l, 4) == 0, "listen");
 	int c = connected(SOCK_STREAM, path, 0);
 	send_s(c, "early");
 	put("ready", "ready");
 	wait_go();
 	int s = accept(l, NULL, NULL);
-	CHECK(s >= 0, "accept");
+	REQUIRE(s >= 0, "accept");
 	expect(s, "early", 1);
 	unlink(path);
 }
@@ -546,9 +502,7 @@ int main(int argc, char **argv)
 {
 	if (argc != 3)
 		return 2;
-	dir = argv[2];
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	sigaction(SIGUSR1, &sa, NULL);
+	wl_start(argv[2]);
 	const char *m = argv[1];
 	if (!strcmp(m, "pair"))
 		mode_pair();
