@@ -173,6 +173,56 @@ fn cr_restore_reconnects_the_containers_stdout_pipe_to_the_callers() {
     force_delete_and_check(&env, &b, &id);
 }
 
+/// runc keeps the init's stdio as it was when the container started (`external_descriptors`),
+/// not as it is at checkpoint time: a process that moved its stdout pipe to another fd (a
+/// shell's redirection, here for good) still gets the caller's new pipe there, twice.
+#[test]
+fn cr_restore_reconnects_a_stdout_pipe_the_init_moved_to_another_fd() {
+    let env = TestEnv::new("crpipe4");
+    let id = env.id("c");
+    let b = env.bundle(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "exec 3>&1 1>/dev/null; i=0; while true; do i=$((i+1)); echo \"count $i\" >&3; \
+             sleep 0.05; done",
+        ],
+    );
+    let mut out = Lines::of(start_on_pipe(&env, &b));
+    let mut last = out.next_count();
+    for round in 0..2 {
+        let img = env.dir.join(format!("img{round}"));
+        checkpoint(&env, &id, &img, &[]).ok();
+        let descs = descriptors(&img);
+        assert!(
+            descs[1].starts_with("pipe:["),
+            "round {round}: fd 1 as the container was given it, not /dev/null: {descs:?}"
+        );
+        last = out.last_count().unwrap_or(last).max(last);
+        let (r, w) = pipe();
+        restore_with(
+            &env,
+            &b,
+            &img,
+            Stdio::null(),
+            Stdio::from(w),
+            Stdio::piped(),
+        )
+        .ok();
+        assert_all_reconnected(&img);
+        out = Lines::of(r);
+        let n = out.next_count();
+        assert!(
+            n > last && n <= last + 40,
+            "round {round}: count {n} after {last}"
+        );
+        assert_eq!(out.next_count(), n + 1, "round {round}: it keeps counting");
+        last = n + 1;
+    }
+    force_delete_and_check(&env, &b, &id);
+}
+
 /// All three stdio fds on the caller's pipes: a shell reads lines on stdin and answers on
 /// stdout and stderr with a running number it keeps in memory; after the restore the new
 /// pipes carry on the conversation.

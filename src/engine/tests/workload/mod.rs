@@ -1,5 +1,6 @@
 //! Builds the tests' static C workloads once per source content, safely across the parallel test
-//! processes nextest runs: the binary sits in a directory named by a hash of its source and flags,
+//! processes nextest runs: the binary sits in a directory named by a hash of its source, the
+//! shared workload.h and its flags;
 //! it is built under an flock into a temporary name and renamed into place, and an existing binary
 //! is never replaced — so a workload another test is running never turns into "(deleted)" under
 //! it (a dump refuses mappings of deleted files).
@@ -19,6 +20,10 @@ pub fn build(src: &str, name: &str, flags: &[&str]) -> PathBuf {
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
+    // The shared header is part of every workload that includes it.
+    if let Ok(hdr) = std::fs::read(path.with_file_name("workload.h")) {
+        hdr.hash(&mut h);
+    }
     flags.hash(&mut h);
     let stem = src.trim_end_matches(".c");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
