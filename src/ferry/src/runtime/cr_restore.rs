@@ -67,6 +67,7 @@ pub fn check_images(id: &str, dir: &Path) -> Result<Vec<String>, CrError> {
     if ids.pid_ns_id.is_none() {
         return Err(bad("the tree's root task has no pid namespace id".into()));
     }
+    ferry_engine::container::refuse_image_namespaces(&idir).map_err(|e| bad(e.to_string()))?;
     Ok(descs)
 }
 
