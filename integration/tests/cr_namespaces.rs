@@ -1,8 +1,8 @@
 //! `ferry checkpoint` / `ferry restore` of the busybox counter container with the namespaces
 //! the default test config leaves out: a cgroup namespace (podman and runc add one by default
 //! on cgroup v2 hosts) is checkpointed and restored, twice, with the view inside unchanged; a
-//! time namespace and a user namespace are refused before anything is frozen, with the
-//! container running on.
+//! time namespace's clocks go on from where they were at the checkpoint, twice; a user
+//! namespace is refused before anything is frozen, with the container running on.
 
 mod cr_common;
 
@@ -125,8 +125,13 @@ fn assert_refused_and_running_on(env: &TestEnv, b: &Bundle, id: &str, ns: &str) 
     assert_nothing_left(env, b, id);
 }
 
+/// Boot time in seconds as `/proc/uptime` shows it (time-namespace aware).
+fn uptime(text: &str) -> f64 {
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 #[test]
-fn cr_time_namespace_refused_before_freezing_container_runs_on() {
+fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
     let env = TestEnv::new("crtimens");
     let id = env.id("c");
     let b = counter_bundle(&env, &id);
@@ -139,15 +144,81 @@ fn cr_time_namespace_refused_before_freezing_container_runs_on() {
         });
     });
     start_counter(&env, &b);
+    let host = || uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
     // The offsets are real: the container's boot time is 100 days ahead of the host's.
-    let uptime = |s: &str| -> f64 { s.split_whitespace().next().unwrap().parse().unwrap() };
-    let host = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
     let inside = uptime(&exec_cat(&env, &id, "/proc/uptime"));
     assert!(
-        inside - host > (offset - 60) as f64,
-        "boottime offset inside: host {host}, container {inside}"
+        inside - host() > (offset - 60) as f64,
+        "boottime offset inside: host {}, container {inside}",
+        host()
     );
-    assert_refused_and_running_on(&env, &b, &id, "time");
+    for round in 1..=2 {
+        let img = env.dir.join(format!("img-{round}"));
+        let before = uptime(&exec_cat(&env, &id, "/proc/uptime"));
+        let host_before = host();
+        checkpoint(&env, &id, &img, &[]).ok();
+        let stopped_at = settled_count(&b);
+        let clocks: Vec<String> = std::fs::read_dir(&img)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("timens-") && n != "timens-0.img")
+            .collect();
+        assert_eq!(
+            clocks.len(),
+            1,
+            "round {round}: the namespace's clocks image"
+        );
+        // CRIU's decoder reads it, and its boot time is the one seen inside at the checkpoint.
+        let o = ferry_integration::cmd::run(
+            std::process::Command::new("/usr/bin/crit")
+                .args(["decode", "-i"])
+                .arg(img.join(&clocks[0])),
+            T,
+        );
+        assert!(o.success(), "crit decode {}:\n{o}", clocks[0]);
+        let boot = o.json()["entries"][0]["boottime"]["tv_sec"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("boottime in {}", o.stdout));
+        assert!(
+            boot >= before.floor() && boot < before + 2.0,
+            "round {round}: boottime {boot} in the image, {before} inside before"
+        );
+        // Down for 3 s: clocks inside must not count them (CRIU's timens restore).
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        restore(&env, &b, &id, &img, &[]).ok();
+        assert_eq!(env.status(&id), "running", "round {round}: state");
+        assert_counts_on_from(&b, stopped_at);
+        let after = uptime(&exec_cat(&env, &id, "/proc/uptime"));
+        let host_after = host();
+        assert!(
+            host_after - host_before >= 3.0,
+            "round {round}: host {host_before} -> {host_after}"
+        );
+        assert!(
+            after >= before && after - before < 2.5,
+            "round {round}: boot time inside {before} -> {after} (host {host_before} -> {host_after})"
+        );
+        let pid = init_pid(&env, &id);
+        assert_ne!(
+            ns_ino(pid, "time"),
+            ns_ino(std::process::id() as i32, "time"),
+            "round {round}: the restored init has a time namespace of its own"
+        );
+    }
+    // A config without the time namespace cannot give the clocks back: refused, nothing left.
+    let img = env.dir.join("img-3");
+    checkpoint(&env, &id, &img, &[]).ok();
+    b.edit_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "time");
+    });
+    restore(&env, &b, &id, &img, &[])
+        .code_is(1)
+        .stderr_has("the images' tree has its own time namespace; the config makes none");
+    assert_nothing_left(&env, &b, &id);
 }
 
 #[test]
