@@ -146,7 +146,11 @@ pub fn ns_ids(pid: i32, images_dir: &Path) -> Result<NsIds, ContainerError> {
     ctx.ids(std::process::id() as i32)?;
     let ids = ctx.ids(pid)?;
     let pick = |name: &str, id: Option<u32>| -> Result<Option<u32>, ContainerError> {
-        Ok(if own_ns(pid, name)? { id } else { None })
+        // No id: the kernel has no such namespace (time before 5.6), nothing to compare.
+        Ok(match id {
+            Some(id) if own_ns(pid, name)? => Some(id),
+            _ => None,
+        })
     };
     Ok(NsIds {
         uts: pick("uts", ids.uts_ns_id)?,
