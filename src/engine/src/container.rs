@@ -13,6 +13,11 @@
 //! rootfs, mounts and cgroups for a new init that waits; [`restore_resources`] fills those
 //! namespaces from the images from outside (hostname, IPC objects, links, tmpfs contents,
 //! cgroups), and the init then restores the tree in place (`pidns::inplace`).
+//!
+//! A cgroup namespace needs nothing of its own (the runtime unshares it with the new init
+//! already in the container's cgroup). A time namespace's clocks as seen inside are dumped
+//! (`timens-ID.img`) and given back as the new namespace's offsets ([`time_offsets`]). A user
+//! namespace is refused until credentials and owners are translated through its mappings.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
