@@ -13,6 +13,11 @@
 //! rootfs, mounts and cgroups for a new init that waits; [`restore_resources`] fills those
 //! namespaces from the images from outside (hostname, IPC objects, links, tmpfs contents,
 //! cgroups), and the init then restores the tree in place (`pidns::inplace`).
+//!
+//! A cgroup namespace needs nothing of its own (the runtime unshares it with the new init
+//! already in the container's cgroup). A time namespace's clocks as seen inside are dumped
+//! (`timens-ID.img`) and given back as the new namespace's offsets ([`time_offsets`]). A user
+//! namespace is refused until credentials and owners are translated through its mappings.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -121,6 +126,8 @@ pub struct NsIds {
     pub mnt: Option<u32>,
     /// network namespace id, when its own.
     pub net: Option<u32>,
+    /// time namespace id, when its own.
+    pub time: Option<u32>,
 }
 
 fn own_ns(pid: i32, name: &str) -> Result<bool, ContainerError> {
@@ -144,14 +151,70 @@ pub fn ns_ids(pid: i32, images_dir: &Path) -> Result<NsIds, ContainerError> {
     ctx.ids(std::process::id() as i32)?;
     let ids = ctx.ids(pid)?;
     let pick = |name: &str, id: Option<u32>| -> Result<Option<u32>, ContainerError> {
-        Ok(if own_ns(pid, name)? { id } else { None })
+        // No id: the kernel has no such namespace (time before 5.6), nothing to compare.
+        Ok(match id {
+            Some(id) if own_ns(pid, name)? => Some(id),
+            _ => None,
+        })
     };
     Ok(NsIds {
         uts: pick("uts", ids.uts_ns_id)?,
         ipc: pick("ipc", ids.ipc_ns_id)?,
         mnt: pick("mnt", ids.mnt_ns_id)?,
         net: pick("net", ids.net_ns_id)?,
+        time: pick("time", ids.time_ns_id)?,
     })
+}
+
+/// Namespaces of the container's own that the images cannot carry yet, with why.
+///
+/// A user namespace: the tree's credentials, file owners and capabilities are read from the
+/// host's side of its uid/gid mappings, which the restore does not translate back. A time
+/// namespace: its CLOCK_MONOTONIC/CLOCK_BOOTTIME offsets are not dumped, so a restore from the
+/// bundle's config would make the container's clocks jump (and go back on another host). A
+/// cgroup namespace needs nothing of its own: the runtime unshares it once the new init is in
+/// the container's cgroup, which is where the restore puts the tree, so the view inside is the
+/// same.
+const REFUSED_NS: [(&str, &str); 1] = [(
+    "user",
+    "its uid/gid mappings and the ids inside are not dumped",
+)];
+
+/// Refuses, before anything is locked or frozen, a container with a namespace of its own that
+/// [`REFUSED_NS`] lists.
+pub fn refuse_namespaces(pid: i32) -> Result<(), ContainerError> {
+    for (ns, why) in REFUSED_NS {
+        if Path::new(&format!("/proc/{pid}/ns/{ns}")).exists() && own_ns(pid, ns)? {
+            return Err(ContainerError::NotSupported {
+                stage: "namespaces",
+                what: format!("checkpoint of a container with its own {ns} namespace ({why})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses images whose tree had a namespace of its own that [`REFUSED_NS`] lists (images of
+/// another dumper, runc+CRIU's): the root task's namespace id differs from the dumper's own
+/// (the inventory's `root_ids`).
+pub fn refuse_image_namespaces(dir: &ImageDir) -> Result<(), ContainerError> {
+    let root = image_ns_ids(dir)?;
+    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
+    let Some(dumper) = inv.root_ids else {
+        return Ok(());
+    };
+    for ((ns, why), (mine, theirs)) in REFUSED_NS
+        .iter()
+        .zip([(root.user_ns_id, dumper.user_ns_id)])
+    {
+        if mine.is_some() && theirs.is_some() && mine != theirs {
+            return Err(ContainerError::NotSupported {
+                stage: "read images",
+                what: format!("restore of a container with its own {ns} namespace ({why})"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoints the container whose init is `opts.pid`: network lock → freeze → hostname, IPC,
@@ -172,6 +235,7 @@ pub fn checkpoint(
     })?;
     let dir = ImageDir::open(&opts.images_dir)?;
     let ids = ns_ids(opts.pid, &opts.images_dir)?;
+    refuse_namespaces(opts.pid)?;
     log.stage("container prepare", t, &format!("namespace ids {ids:?}"));
 
     let lock = match ids.net {
@@ -294,6 +358,18 @@ fn dump_resources(
         log.stage("net", t, &format!("{} links", links.len()));
     }
     let t = Instant::now();
+    if let Some(id) = ids.time {
+        let e = dump_timens(pid, dir, id)?;
+        log.stage(
+            "time namespace",
+            t,
+            &format!(
+                "monotonic {}.{:09}, boottime {}.{:09} inside",
+                e.monotonic.tv_sec, e.monotonic.tv_nsec, e.boottime.tv_sec, e.boottime.tv_nsec
+            ),
+        );
+    }
+    let t = Instant::now();
     let cg = crate::cgroups::dump_cgroups(dir, &[pid], opts.cgroups)?;
     if let Some(set) = cg.sets.get(&pid).filter(|s| **s != 1) {
         // The tree dump writes cg_set 1 for every task (inventory root_cg_set 1).
@@ -304,6 +380,126 @@ fn dump_resources(
     }
     log.stage("cgroups", t, &format!("mode {:?}", opts.cgroups));
     Ok(())
+}
+
+/// Name of the time namespace image (CRIU's `timens-ID.img`).
+pub fn timens_image_name(ns_id: u32) -> String {
+    format!("timens-{ns_id}.img")
+}
+
+fn clock_now(clock: libc::clockid_t) -> (i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; the clocks asked for always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec, ts.tv_nsec)
+}
+
+fn normalize(sec: i64, nsec: i64) -> (i64, i64) {
+    (
+        sec + nsec.div_euclid(1_000_000_000),
+        nsec.rem_euclid(1_000_000_000),
+    )
+}
+
+/// The clocks of the container's time namespace as its tasks read them, CRIU's `timens`
+/// entry: the host's clocks plus the offsets of `/proc/PID/timens_offsets` (which shows the
+/// namespace of the task's future children, so it must be the task's own too).
+fn dump_timens(pid: i32, dir: &ImageDir, ns_id: u32) -> Result<pb::TimensEntry, ContainerError> {
+    let ino = |n: &str| -> Result<u64, ContainerError> {
+        let p = format!("/proc/{pid}/ns/{n}");
+        std::fs::metadata(&p)
+            .map(|m| m.ino())
+            .map_err(|source| ContainerError::Io {
+                stage: "time namespace",
+                op: "stat",
+                path: p,
+                source,
+            })
+    };
+    if ino("time")? != ino("time_for_children")? {
+        return Err(ContainerError::NotSupported {
+            stage: "time namespace",
+            what: format!("task {pid} made another time namespace for its children"),
+        });
+    }
+    let p = format!("/proc/{pid}/timens_offsets");
+    let text = std::fs::read_to_string(&p).map_err(|source| ContainerError::Io {
+        stage: "time namespace",
+        op: "read",
+        path: p.clone(),
+        source,
+    })?;
+    let mut off = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match f.as_slice() {
+            [_, sec, nsec] => sec.parse::<i64>().ok().zip(nsec.parse::<i64>().ok()),
+            _ => None,
+        };
+        let Some(v) = parsed else {
+            return Err(ContainerError::NotSupported {
+                stage: "time namespace",
+                what: format!("{p}: unexpected line {line:?}"),
+            });
+        };
+        off.insert(f[0].to_string(), v);
+    }
+    let inside = |clock, name: &str| -> Result<pb::Timespec, ContainerError> {
+        let (os, on) = off.get(name).copied().unwrap_or((0, 0));
+        let (hs, hn) = clock_now(clock);
+        let (s, n) = normalize(hs + os, hn + on);
+        Ok(pb::Timespec {
+            tv_sec: u64::try_from(s).map_err(|_| ContainerError::NotSupported {
+                stage: "time namespace",
+                what: format!("{name} clock inside task {pid} before zero ({s} s)"),
+            })?,
+            tv_nsec: n as u64,
+        })
+    };
+    let e = pb::TimensEntry {
+        monotonic: inside(libc::CLOCK_MONOTONIC, "monotonic")?,
+        boottime: inside(libc::CLOCK_BOOTTIME, "boottime")?,
+    };
+    dir.write_entries(&timens_image_name(ns_id), std::slice::from_ref(&e))?;
+    Ok(e)
+}
+
+/// The time offsets a restore's fresh time namespace needs for its clocks to go on from the
+/// images' (CRIU's restore: image clock minus the host's now), as `(clock, secs, nanosecs)`
+/// for the OCI config's `linux.timeOffsets`; `None` when the tree had no time namespace of its
+/// own (its root's `time_ns_id` is the dumper's).
+pub type TimeOffsets = [(&'static str, i64, u32); 2];
+
+/// See [`TimeOffsets`].
+pub fn time_offsets(dir: &ImageDir) -> Result<Option<TimeOffsets>, ContainerError> {
+    let root = image_ns_ids(dir)?;
+    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
+    let (Some(mine), Some(theirs)) = (root.time_ns_id, inv.root_ids.and_then(|r| r.time_ns_id))
+    else {
+        return Ok(None);
+    };
+    if mine == theirs {
+        return Ok(None);
+    }
+    let name = timens_image_name(mine);
+    if !dir.has(&name) {
+        return Err(ContainerError::NotSupported {
+            stage: "read images",
+            what: format!("the tree has its own time namespace {mine} but no {name}"),
+        });
+    }
+    let e: pb::TimensEntry = dir.read_one(&name)?;
+    let off = |t: &pb::Timespec, clock| {
+        let (hs, hn) = clock_now(clock);
+        let (s, n) = normalize(t.tv_sec as i64 - hs, t.tv_nsec as i64 - hn);
+        (s, n as u32)
+    };
+    let (ms, mn) = off(&e.monotonic, libc::CLOCK_MONOTONIC);
+    let (bs, bn) = off(&e.boottime, libc::CLOCK_BOOTTIME);
+    Ok(Some([("monotonic", ms, mn), ("boottime", bs, bn)]))
 }
 
 /// What to restore into the namespaces prepared for the container's new init.
@@ -585,6 +781,43 @@ mod tests {
         assert_eq!(ids.mnt_ns_id, Some(13));
         assert!(dir.has(&crate::uts::image_name(12)));
         assert!(dir.has(&crate::mounts::image_name(13)));
+    }
+
+    #[test]
+    fn runc_criu_images_of_a_container_without_user_or_time_namespace_pass() {
+        let dir = ImageDir::open(fixture()).expect("the runc-busybox fixture");
+        refuse_image_namespaces(&dir).unwrap();
+    }
+
+    #[test]
+    fn images_of_a_tree_in_its_own_user_namespace_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = ImageDir::create(d.path()).unwrap();
+        let ids = |user: u32| pb::TaskKobjIdsEntry {
+            pid_ns_id: Some(1),
+            user_ns_id: Some(user),
+            time_ns_id: Some(2),
+            ..Default::default()
+        };
+        let inv = pb::InventoryEntry {
+            img_version: 2,
+            root_ids: Some(ids(3)),
+            ..Default::default()
+        };
+        dir.write_entries("inventory.img", &[inv]).unwrap();
+        let root = pb::PstreeEntry {
+            pid: 1,
+            ..Default::default()
+        };
+        dir.write_entries("pstree.img", &[root]).unwrap();
+        dir.write_entries("ids-1.img", &[ids(3)]).unwrap();
+        refuse_image_namespaces(&dir).unwrap();
+        dir.write_entries("ids-1.img", &[ids(4)]).unwrap();
+        let e = refuse_image_namespaces(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("not supported yet: restore of a container with its own user namespace"),
+            "{e}"
+        );
     }
 
     #[test]

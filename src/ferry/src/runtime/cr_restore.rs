@@ -67,6 +67,7 @@ pub fn check_images(id: &str, dir: &Path) -> Result<Vec<String>, CrError> {
     if ids.pid_ns_id.is_none() {
         return Err(bad("the tree's root task has no pid namespace id".into()));
     }
+    ferry_engine::container::refuse_image_namespaces(&idir).map_err(|e| bad(e.to_string()))?;
     Ok(descs)
 }
 
@@ -202,7 +203,17 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     let console = cr_stdio::has_terminal(&descs)
         .then(|| opts.console_socket.clone())
         .flatten();
-    let rb = cr_spec::prepare(&bundle, console.is_some())?;
+    // A tree in its own time namespace: offsets taken now, right before the container is
+    // built, so that its clocks go on from the images' (CRIU's timens restore).
+    let time = ferry_images::ImageDir::open(&paths.images)
+        .map_err(|e| e.to_string())
+        .and_then(|d| ferry_engine::container::time_offsets(&d).map_err(|e| e.to_string()))
+        .map_err(|problem| CrError::BadImages {
+            id: id.to_string(),
+            path: paths.images.clone(),
+            problem,
+        })?;
+    let rb = cr_spec::prepare(&bundle, console.is_some(), time.as_ref())?;
     std::fs::create_dir_all(&paths.work)
         .map_err(CrError::io("create work directory", &paths.work))?;
     let images_fd = open_dir(&paths.images)?;

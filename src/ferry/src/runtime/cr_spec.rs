@@ -30,8 +30,14 @@ impl RestoreBundle {
 }
 
 /// Writes the restore config for `bundle` into a fresh temporary directory; with `terminal`
-/// the init gets a new console (a terminal container restored with `--console-socket`).
-pub fn prepare(bundle: &Path, terminal: bool) -> Result<RestoreBundle, CrError> {
+/// the init gets a new console (a terminal container restored with `--console-socket`); with
+/// `time` (the images' clocks, a tree in its own time namespace) the config's time namespace
+/// gets the offsets that make its clocks go on from the images'.
+pub fn prepare(
+    bundle: &Path,
+    terminal: bool,
+    time: Option<&ferry_engine::container::TimeOffsets>,
+) -> Result<RestoreBundle, CrError> {
     let config = bundle.join("config.json");
     let text = std::fs::read(&config).map_err(CrError::io("read bundle config", &config))?;
     let mut spec: Value = serde_json::from_slice(&text).map_err(|source| CrError::Json {
@@ -42,6 +48,12 @@ pub fn prepare(bundle: &Path, terminal: bool) -> Result<RestoreBundle, CrError> 
     adjust(&mut spec, bundle, &caps);
     if terminal {
         spec["process"]["terminal"] = Value::Bool(true);
+    }
+    if let Some(t) = time {
+        set_time_offsets(&mut spec, t).map_err(|what| CrError::NotSupported {
+            stage: format!("restore config from {}", config.display()),
+            what,
+        })?;
     }
     let dir = tempfile::Builder::new()
         .prefix("ferry-restore-")
@@ -65,6 +77,35 @@ fn own_capabilities() -> Result<Vec<String>, CrError> {
     let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
     v.sort();
     Ok(v)
+}
+
+/// Sets `linux.timeOffsets` of a config whose own time namespace is made fresh (no `path`):
+/// the images' tree had a time namespace of its own, which only such a config gives back.
+pub fn set_time_offsets(
+    spec: &mut Value,
+    time: &ferry_engine::container::TimeOffsets,
+) -> Result<(), String> {
+    let fresh = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n["type"] == "time" && n.get("path").is_none_or(|p| p.is_null()));
+    if !fresh {
+        return Err(
+            "the images' tree has its own time namespace; the config makes none \
+                    (add {\"type\": \"time\"} to linux.namespaces)"
+                .into(),
+        );
+    }
+    let mut m = serde_json::Map::new();
+    for (clock, secs, nanosecs) in time {
+        m.insert(
+            (*clock).into(),
+            serde_json::json!({"secs": secs, "nanosecs": nanosecs}),
+        );
+    }
+    spec["linux"]["timeOffsets"] = Value::Object(m);
+    Ok(())
 }
 
 /// Applies the restore adjustments to `spec` (from `bundle`), giving the init `caps`.
@@ -119,6 +160,23 @@ pub fn bundle_dir(bundle: Option<&Path>) -> Result<PathBuf, CrError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_offsets_need_a_fresh_time_namespace() {
+        let t = [("monotonic", -5, 7), ("boottime", 9, 0)];
+        let mut spec = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert!(set_time_offsets(&mut spec, &t)
+            .unwrap_err()
+            .contains("own time namespace"));
+        let ns = spec["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(serde_json::json!({"type": "time", "path": "/x"}));
+        assert!(set_time_offsets(&mut spec, &t).is_err());
+        spec["linux"]["namespaces"][1] = serde_json::json!({"type": "time"});
+        set_time_offsets(&mut spec, &t).unwrap();
+        assert_eq!(spec["linux"]["timeOffsets"]["monotonic"]["secs"], -5);
+        assert_eq!(spec["linux"]["timeOffsets"]["monotonic"]["nanosecs"], 7);
+        assert_eq!(spec["linux"]["timeOffsets"]["boottime"]["secs"], 9);
+    }
 
     #[test]
     fn keeps_the_container_and_frees_the_init() {
