@@ -29,6 +29,7 @@ pub mod pstree;
 pub mod regs;
 pub mod seccomp;
 pub mod sigact;
+pub mod timens;
 pub mod timers;
 
 // Container-level resources (issue 7).
