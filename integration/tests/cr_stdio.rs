@@ -134,6 +134,17 @@ fn assert_counts_on_at(lines: &Lines, b: &ferry_integration::Bundle, last: u64, 
     again
 }
 
+/// What is in a pipe now, without waiting for its writers to close it.
+fn drain(r: std::fs::File) -> String {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an fd this function owns.
+    unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = Vec::new();
+    let _ = (&r).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn descriptors(img: &std::path::Path) -> Vec<String> {
     serde_json::from_str(&std::fs::read_to_string(img.join("descriptors.json")).unwrap()).unwrap()
 }
@@ -266,7 +277,7 @@ fn cr_restore_reconnects_stdin_stdout_and_stderr_pipes() {
         let (in_r, in_w) = pipe();
         let (out_r, out_w) = pipe();
         let (err_r, err_w) = pipe();
-        restore_with(
+        let o = restore_with(
             &env,
             &b,
             &img,
@@ -274,6 +285,15 @@ fn cr_restore_reconnects_stdin_stdout_and_stderr_pipes() {
             Stdio::from(out_w),
             Stdio::from(err_w),
         );
+        if !o.status.success() {
+            // ferry's own stderr is the container's new stderr pipe: its error is there.
+            panic!(
+                "round {round}: {}\nferry said: {}\nrestore.log:\n{}",
+                o.cmdline,
+                drain(err_r),
+                std::fs::read_to_string(img.join("restore.log")).unwrap_or_default()
+            );
+        }
         assert_eq!(env.status(&id), "running", "round {round}");
         assert_all_reconnected(&img);
         stdin = std::fs::File::from(in_w);

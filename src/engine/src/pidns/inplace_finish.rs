@@ -300,10 +300,13 @@ fn init_exit(init: i32) -> Option<String> {
     if pid != init {
         return None;
     }
-    Some(match si.si_code {
-        libc::CLD_EXITED => format!("exited with {status}"),
-        _ => format!("killed by signal {status}"),
-    })
+    // A tracee's ptrace stops are reported even without WSTOPPED (CLD_TRAPPED: the init
+    // stopped for a SIGCHLD, say): not an end, service_stops passes them on.
+    match si.si_code {
+        libc::CLD_EXITED => Some(format!("exited with {status}")),
+        libc::CLD_KILLED | libc::CLD_DUMPED => Some(format!("killed by signal {status}")),
+        _ => None,
+    }
 }
 
 /// Passes on the init's signal-delivery-stops (and ends group-stops) while it is traced.
