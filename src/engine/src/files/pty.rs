@@ -35,7 +35,6 @@ use ferry_images::{pb, ImageDir};
 
 use super::dump::{Fd, FileTable, FilesError};
 use super::restore::RestoreError;
-use crate::mem::dump::MappedFile;
 
 /// A pty index from a slave's rdev (majors 136-143).
 fn index_of(rdev: u64) -> u32 {
@@ -73,30 +72,6 @@ struct Slave {
 
 // ---- dump ----
 
-fn entry(t: &mut FileTable, fd: &Fd, info: u32) -> pb::FileEntry {
-    let regf = MappedFile {
-        path: fd.target.clone(),
-        dev: fd.md.dev(),
-        ino: fd.md.ino(),
-        mode: fd.md.mode(),
-        size: 0,
-    };
-    let regf_id = t.reg_object(&regf, fd.flags, false);
-    let id = t.next_id();
-    pb::FileEntry {
-        r#type: pb::FdTypes::Tty as i32,
-        id,
-        tty: Some(pb::TtyFileEntry {
-            id,
-            tty_info_id: info,
-            flags: fd.flags,
-            fown: fd.fown,
-            regf_id: Some(regf_id),
-        }),
-        ..Default::default()
-    }
-}
-
 /// The TTY entry of a pty master (its index read from the description itself).
 pub fn dump_master(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
     let m = super::borrow(fd.pid, fd.fd).map_err(fd.proc_err(&fd.link))?;
@@ -127,7 +102,7 @@ pub fn dump_master(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesErr
         i.pgrp = pgrp.max(0) as u32;
         i.packet_mode = pkt != 0;
     }
-    let e = entry(t, fd, info);
+    let e = super::tty::entry(t, fd, info);
     t.ptys.masters.insert(index, (fd.pid, fd.fd, e.id));
     Ok(e)
 }
@@ -136,7 +111,7 @@ pub fn dump_master(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesErr
 pub fn dump_slave(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
     let index = index_of(fd.md.rdev());
     let info = pair_info(t, fd, index)?;
-    let e = entry(t, fd, info);
+    let e = super::tty::entry(t, fd, info);
     t.ptys.slaves.push(Slave {
         pid: fd.pid,
         fd: fd.fd,

@@ -21,6 +21,12 @@ use crate::mem::dump::MappedFile;
 /// The TTY entry of a terminal fd (and its REG and tty-info entries).
 pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
     let info = tty_info(t, fd)?;
+    Ok(entry(t, fd, info))
+}
+
+/// The TTY entry of `fd` with tty-info `info`; the tty's path becomes a REG entry of its own,
+/// as CRIU links them.
+pub(crate) fn entry(t: &mut FileTable, fd: &Fd, info: u32) -> pb::FileEntry {
     let regf = MappedFile {
         path: fd.target.clone(),
         dev: fd.md.dev(),
@@ -28,10 +34,9 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
         mode: fd.md.mode(),
         size: 0,
     };
-    // The tty's path as a REG entry of its own, as CRIU links them.
     let regf_id = t.reg_object(&regf, fd.flags, false);
     let id = t.next_id();
-    Ok(pb::FileEntry {
+    pb::FileEntry {
         r#type: pb::FdTypes::Tty as i32,
         id,
         tty: Some(pb::TtyFileEntry {
@@ -42,7 +47,7 @@ pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {
             regf_id: Some(regf_id),
         }),
         ..Default::default()
-    })
+    }
 }
 
 /// The tty-info.img entry of the terminal of `fd` (one per device); returns its id.

@@ -21,50 +21,10 @@ pub enum NsMode {
     InPlace,
 }
 
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// Forks the init of a new pid namespace (like fork(): 0 in the child, which is PID 1 there;
 /// the host pid in the parent).
 pub fn fork_ns_init() -> Result<u32, PidNsError> {
-    let args = CloneArgs {
-        flags: libc::CLONE_NEWPID as u64,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: 0,
-    };
-    // SAFETY: clone3 without CLONE_VM duplicates the process like fork(); the restore
-    // coordinator is single-threaded, so the child's copy of every lock is consistent.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        return Err(PidNsError::Clone(std::io::Error::last_os_error()));
-    }
-    Ok(r as u32)
+    crate::pstree::restore::clone3_fork(libc::CLONE_NEWPID as u64, None).map_err(PidNsError::Clone)
 }
 
 /// The calling process's pid as /proc shows it (the coordinator's view), `getpid()` if /proc

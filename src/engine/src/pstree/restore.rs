@@ -129,39 +129,48 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// `clone3` as a fork (SIGCHLD to the parent, no shared memory) with `flags` and, when given, the
+/// pid the child gets in the innermost pid namespace: 0 in the child, its pid in the parent.
+pub(crate) fn clone3_fork(flags: u64, set_tid: Option<u32>) -> std::io::Result<u32> {
+    let want = set_tid.map(u64::from);
+    let args = CloneArgs {
+        flags,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: want.as_ref().map_or(0, |w| w as *const u64 as u64),
+        set_tid_size: u64::from(want.is_some()),
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM duplicates the process like fork(); every caller is
+    // single-threaded (the restore coordinator or a task it forked), so the child's copy of
+    // every lock is consistent. `want` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as u32)
+}
+
 /// Forks a child process with pid `pid` (like fork(); returns 0 in the child). EEXIST (a pid
 /// just freed by a lazy reaper) is retried within `limit`.
 pub fn fork_with_pid(pid: u32, limit: Duration) -> Result<u32, PstreeError> {
-    let want = u64::from(pid);
     let start = Instant::now();
     loop {
-        let args = CloneArgs {
-            flags: 0,
-            pidfd: 0,
-            child_tid: 0,
-            parent_tid: 0,
-            exit_signal: libc::SIGCHLD as u64,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
-            set_tid: &want as *const u64 as u64,
-            set_tid_size: 1,
-            cgroup: 0,
+        let e = match clone3_fork(0, Some(pid)) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
         };
-        // SAFETY: clone3 without CLONE_VM duplicates the process like fork(); the caller is
-        // single-threaded (the restore coordinator or a task it forked), so the child's copy of
-        // every lock is consistent.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if r >= 0 {
-            return Ok(r as u32);
-        }
-        let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EEXIST) && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(5));
             continue;
