@@ -149,6 +149,37 @@ fn descriptors(img: &std::path::Path) -> Vec<String> {
     serde_json::from_str(&std::fs::read_to_string(img.join("descriptors.json")).unwrap()).unwrap()
 }
 
+/// Two checkpoint/restore rounds of a container started by [`start_on_pipe`] (its count lines
+/// on `out`): descriptors.json names /dev/null and the stdout pipe, the restore hands a new
+/// pipe as ferry's fd 1 and reconnects it; `counts_on(new pipe, last count, round)` checks the
+/// count carries on there and returns the last one it saw.
+fn stdout_pipe_rounds(
+    env: &TestEnv,
+    b: &ferry_integration::Bundle,
+    mut out: Lines,
+    counts_on: impl Fn(&Lines, u64, u32) -> u64,
+) {
+    let mut last = out.next_count();
+    for round in 0..2 {
+        let img = env.dir.join(format!("img{round}"));
+        checkpoint(env, &b.id, &img, &[]).ok();
+        let descs = descriptors(&img);
+        assert_eq!(descs[0], "/dev/null", "round {round}");
+        assert!(
+            descs[1].starts_with("pipe:["),
+            "round {round}: fd 1 as the container was given it: {descs:?}"
+        );
+        // The old pipe ends with the count where the checkpoint stopped the container.
+        last = out.last_count().unwrap_or(last).max(last);
+        let (r, w) = pipe();
+        restore_with(env, b, &img, Stdio::null(), Stdio::from(w), Stdio::piped()).ok();
+        assert_eq!(env.status(&b.id), "running", "round {round}");
+        assert_all_reconnected(&img);
+        out = Lines::of(r);
+        last = counts_on(&out, last, round);
+    }
+}
+
 /// runc's rule, twice (a restore of a restore): the restoring caller's fd 1 replaces the
 /// container's stdout pipe; the counter carries on there from where it stopped.
 #[test]
@@ -156,31 +187,10 @@ fn cr_restore_reconnects_the_containers_stdout_pipe_to_the_callers() {
     let env = TestEnv::new("crpipe2");
     let id = env.id("c");
     let b = counter_bundle(&env, &id);
-    let mut out = Lines::of(start_on_pipe(&env, &b));
-    let mut last = out.next_count();
-    for round in 0..2 {
-        let img = env.dir.join(format!("img{round}"));
-        checkpoint(&env, &id, &img, &[]).ok();
-        let descs = descriptors(&img);
-        assert_eq!(descs[0], "/dev/null", "round {round}");
-        assert!(descs[1].starts_with("pipe:["), "round {round}: {descs:?}");
-        // The old pipe ends with the count where the checkpoint stopped the container.
-        last = out.last_count().unwrap_or(last).max(last);
-        let (r, w) = pipe();
-        restore_with(
-            &env,
-            &b,
-            &img,
-            Stdio::null(),
-            Stdio::from(w),
-            Stdio::piped(),
-        )
-        .ok();
-        assert_eq!(env.status(&id), "running", "round {round}");
-        assert_all_reconnected(&img);
-        out = Lines::of(r);
-        last = assert_counts_on_at(&out, &b, last, &format!("round {round}: the new pipe"));
-    }
+    let out = Lines::of(start_on_pipe(&env, &b));
+    stdout_pipe_rounds(&env, &b, out, |out, last, round| {
+        assert_counts_on_at(out, &b, last, &format!("round {round}: the new pipe"))
+    });
     force_delete_and_check(&env, &b, &id);
 }
 
@@ -200,37 +210,16 @@ fn cr_restore_reconnects_a_stdout_pipe_the_init_moved_to_another_fd() {
              sleep 0.05; done",
         ],
     );
-    let mut out = Lines::of(start_on_pipe(&env, &b));
-    let mut last = out.next_count();
-    for round in 0..2 {
-        let img = env.dir.join(format!("img{round}"));
-        checkpoint(&env, &id, &img, &[]).ok();
-        let descs = descriptors(&img);
-        assert!(
-            descs[1].starts_with("pipe:["),
-            "round {round}: fd 1 as the container was given it, not /dev/null: {descs:?}"
-        );
-        last = out.last_count().unwrap_or(last).max(last);
-        let (r, w) = pipe();
-        restore_with(
-            &env,
-            &b,
-            &img,
-            Stdio::null(),
-            Stdio::from(w),
-            Stdio::piped(),
-        )
-        .ok();
-        assert_all_reconnected(&img);
-        out = Lines::of(r);
+    let out = Lines::of(start_on_pipe(&env, &b));
+    stdout_pipe_rounds(&env, &b, out, |out, last, round| {
         let n = out.next_count();
         assert!(
             n > last && n <= last + 40,
             "round {round}: count {n} after {last}"
         );
         assert_eq!(out.next_count(), n + 1, "round {round}: it keeps counting");
-        last = n + 1;
-    }
+        n + 1
+    });
     force_delete_and_check(&env, &b, &id);
 }
 
