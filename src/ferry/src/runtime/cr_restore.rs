@@ -33,6 +33,10 @@ use super::{cr_spec, cr_stdio, Ctx};
 /// How long the tree may take to reach the restorer (the engine's default).
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// restore.log's verbosity: CRIU's -v3 (every stage with its time), for the init's stages and
+/// the finisher's alike.
+const RESTORE_LOG_LEVEL: u8 = ferry_engine::log::INFO;
+
 /// What a successful restore leaves to the verb.
 pub struct Restored {
     /// Host pid of its init.
@@ -225,7 +229,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         log_fd: log_file.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
         timeout: TASK_TIMEOUT,
-        log_level: ferry_engine::log::INFO,
+        log_level: RESTORE_LOG_LEVEL,
         inherit_fds,
     };
     let built = build(ctx, id, rb.path(), opts.no_pivot, console.as_deref(), exec);
@@ -345,7 +349,11 @@ fn run_restore(
     }
     let log_path = paths.work.join("restore.log");
     let mut log = match std::fs::OpenOptions::new().append(true).open(&log_path) {
-        Ok(f) => ferry_engine::restore::Log::to(ferry_engine::log::Sink::File(f), 2),
+        // The finisher's stages follow the init's in the same log, at the same verbosity
+        // (runc has CRIU write restore.log with every stage timed).
+        Ok(f) => {
+            ferry_engine::restore::Log::to(ferry_engine::log::Sink::File(f), RESTORE_LOG_LEVEL)
+        }
         Err(e) => {
             let e = CrError::io("open", &log_path)(e);
             return Err(Box::new((e, Some(resources))));
