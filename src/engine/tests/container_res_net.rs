@@ -198,3 +198,34 @@ fn network_lock_drops_traffic_until_unlocked_and_cleans_up() {
     assert!(err.contains("bad tag"), "{err}");
     l3.unlock().unwrap();
 }
+
+/// The table ferry makes over nfnetlink is the ruleset `hooks/network-lock.nft` documents:
+/// `nft` lists both the same, and a second lock of the namespace under the same tag is
+/// refused without touching the first.
+#[test]
+fn network_lock_table_is_the_documented_ruleset() {
+    let ns = NsChild::spawn(&["--net"]);
+    let list = |t: &str| ns.run(&["-n"], &["nft", "list", "table", "inet", t]);
+    let lock = net::lock_network(ns.pid, "doc").unwrap();
+    let ours = list("ferry-doc");
+    let again = net::lock_network(ns.pid, "doc").unwrap_err().to_string();
+    assert!(
+        again.contains("ferry-doc") && again.contains("exists"),
+        "{again}"
+    );
+    assert_eq!(
+        list("ferry-doc"),
+        ours,
+        "a refused second lock changed the table"
+    );
+    lock.unlock().unwrap();
+
+    let src = include_str!("../../../hooks/network-lock.nft").replace("@TABLE@", "ferry-doc");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), src).unwrap();
+    ns.run(&["-n"], &["nft", "-f", file.path().to_str().unwrap()]);
+    let documented = list("ferry-doc");
+    ns.run(&["-n"], &["nft", "delete", "table", "inet", "ferry-doc"]);
+    assert_eq!(ours, documented);
+    assert!(ours.contains("meta mark 0x0000c114 accept"), "{ours}");
+}

@@ -11,11 +11,13 @@
 //!
 //! The network lock ([`lock`]) is an nftables table per namespace whose input and output
 //! chains drop everything but TCP-repair packets; it holds connections still while a dump
-//! or restore runs, and is removed on unlock, on drop, on every error path.
+//! or restore runs, and is removed on unlock, on drop, on every error path. It is made over
+//! nfnetlink ([`nftables`]), not by running `nft`.
 
 pub mod dump;
 pub mod lock;
 pub mod netlink;
+pub mod nftables;
 pub mod restore;
 
 pub use dump::dump_net;

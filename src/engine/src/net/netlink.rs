@@ -78,7 +78,7 @@ pub fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
 }
 
 /// Appends a nested attribute built by `f`.
-fn put_nested(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn put_nested(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0]);
     buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
