@@ -130,11 +130,49 @@ fn uptime(text: &str) -> f64 {
     text.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The counter's clock log (`counter FILE MS clock`): tick number -> CLOCK_MONOTONIC in ns as
+/// the counter itself read it; a torn last line is left out.
+fn clock_log(b: &Bundle) -> Vec<(u64, i128)> {
+    let text = b.read_rootfs_file("/count.clock").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (n, ns) = l.split_once(' ')?;
+            Some((n.parse().ok()?, ns.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits for tick `n` in the clock log; returns the log.
+#[track_caller]
+fn wait_clock_tick(b: &Bundle, n: u64) -> Vec<(u64, i128)> {
+    let mut log = Vec::new();
+    assert!(
+        ferry_integration::cmd::wait_until(T, || {
+            log = clock_log(b);
+            log.iter().any(|&(t, _)| t == n)
+        }),
+        "no tick {n} in the counter's clock log"
+    );
+    log
+}
+
+/// CLOCK_MONOTONIC of this (host) process, in ns.
+fn host_monotonic() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
 #[test]
 fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
     let env = TestEnv::new("crtimens");
     let id = env.id("c");
-    let b = counter_bundle(&env, &id);
+    // The counter also logs CLOCK_MONOTONIC as it reads it, each tick (count.clock).
+    let b = env.bundle(&id, &["counter", "/count", TICK_MS, "clock"]);
     let offset = 100 * 86400_i64;
     add_namespace(&b, json!({"type": "time"}));
     b.edit_config(|c| {
@@ -156,7 +194,9 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
         let img = env.dir.join(format!("img-{round}"));
         let before = uptime(&exec_cat(&env, &id, "/proc/uptime"));
         let host_before = host();
+        let ck_start = std::time::Instant::now();
         checkpoint(&env, &id, &img, &[]).ok();
+        let ck_took = ck_start.elapsed();
         let stopped_at = settled_count(&b);
         let clocks: Vec<String> = std::fs::read_dir(&img)
             .unwrap()
@@ -186,9 +226,43 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
         );
         // Down for 3 s more: clocks inside must not count them (CRIU's timens restore).
         std::thread::sleep(std::time::Duration::from_secs(3));
+        let rs_start = std::time::Instant::now();
         restore(&env, &b, &id, &img, &[]).ok();
         assert_eq!(env.status(&id), "running", "round {round}: state");
         assert_counts_on_from(&b, stopped_at);
+        let log = wait_clock_tick(&b, stopped_at + 1);
+        let rs_took = rs_start.elapsed();
+        // CLOCK_MONOTONIC as the restored counter reads it (its own vDSO, in the restored
+        // namespace): never backwards, tick after tick, the checkpoint's gap included.
+        for w in log.windows(2) {
+            assert!(
+                w[1].1 >= w[0].1,
+                "round {round}: the counter's CLOCK_MONOTONIC went back from tick {} ({} ns) \
+                 to tick {} ({} ns)",
+                w[0].0,
+                w[0].1,
+                w[1].0,
+                w[1].1
+            );
+        }
+        // Across the checkpoint it went on from where it stopped: forward by at most what
+        // checkpoint and restore took (it misses the 3 s between), a tick, and a margin.
+        let at = |n: u64| log.iter().find(|&&(t, _)| t == n).unwrap().1;
+        let gap = at(stopped_at + 1) - at(stopped_at);
+        let bound = (ck_took + rs_took).as_nanos() as i128 + 300_000_000;
+        assert!(
+            gap <= bound,
+            "round {round}: CLOCK_MONOTONIC inside jumped {gap} ns across the checkpoint; \
+             checkpoint took {ck_took:?}, restore {rs_took:?}"
+        );
+        // And it still reads the namespace's clock: about 100 days ahead of the host's (less
+        // the downtimes not counted so far).
+        let ahead = at(stopped_at + 1) - host_monotonic();
+        let offset_ns = offset as i128 * 1_000_000_000;
+        assert!(
+            ahead > offset_ns - 60_000_000_000 && ahead < offset_ns,
+            "round {round}: the counter's CLOCK_MONOTONIC is {ahead} ns ahead of the host's"
+        );
         let after = uptime(&exec_cat(&env, &id, "/proc/uptime"));
         let host_after = host();
         assert!(
