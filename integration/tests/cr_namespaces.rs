@@ -130,18 +130,6 @@ fn uptime(text: &str) -> f64 {
     text.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// The counter's clock log (`counter FILE MS clock`): tick number -> CLOCK_MONOTONIC in ns as
-/// the counter itself read it; a torn last line is left out.
-fn clock_log(b: &Bundle) -> Vec<(u64, i128)> {
-    let text = b.read_rootfs_file("/count.clock").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (n, ns) = l.split_once(' ')?;
-            Some((n.parse().ok()?, ns.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Waits for tick `n` in the clock log; returns the log.
 #[track_caller]
 fn wait_clock_tick(b: &Bundle, n: u64) -> Vec<(u64, i128)> {
@@ -172,7 +160,7 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
     let env = TestEnv::new("crtimens");
     let id = env.id("c");
     // The counter also logs CLOCK_MONOTONIC as it reads it, each tick (count.clock).
-    let b = env.bundle(&id, &["counter", "/count", TICK_MS, "clock"]);
+    let b = counter_bundle(&env, &id);
     let offset = 100 * 86400_i64;
     add_namespace(&b, json!({"type": "time"}));
     b.edit_config(|c| {
