@@ -130,10 +130,36 @@ fn uptime(text: &str) -> f64 {
     text.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// Waits for tick `n` in the clock log; returns the log.
+#[track_caller]
+fn wait_clock_tick(b: &Bundle, n: u64) -> Vec<(u64, i128)> {
+    let mut log = Vec::new();
+    assert!(
+        ferry_integration::cmd::wait_until(T, || {
+            log = clock_log(b);
+            log.iter().any(|&(t, _)| t == n)
+        }),
+        "no tick {n} in the counter's clock log"
+    );
+    log
+}
+
+/// CLOCK_MONOTONIC of this (host) process, in ns.
+fn host_monotonic() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
 #[test]
 fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
     let env = TestEnv::new("crtimens");
     let id = env.id("c");
+    // The counter also logs CLOCK_MONOTONIC as it reads it, each tick (count.clock).
     let b = counter_bundle(&env, &id);
     let offset = 100 * 86400_i64;
     add_namespace(&b, json!({"type": "time"}));
@@ -156,7 +182,9 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
         let img = env.dir.join(format!("img-{round}"));
         let before = uptime(&exec_cat(&env, &id, "/proc/uptime"));
         let host_before = host();
+        let ck_start = std::time::Instant::now();
         checkpoint(&env, &id, &img, &[]).ok();
+        let ck_took = ck_start.elapsed();
         let stopped_at = settled_count(&b);
         let clocks: Vec<String> = std::fs::read_dir(&img)
             .unwrap()
@@ -186,9 +214,54 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
         );
         // Down for 3 s more: clocks inside must not count them (CRIU's timens restore).
         std::thread::sleep(std::time::Duration::from_secs(3));
+        let rs_start = std::time::Instant::now();
         restore(&env, &b, &id, &img, &[]).ok();
+        let log = wait_clock_tick(&b, stopped_at + 1);
+        let rs_took = rs_start.elapsed();
         assert_eq!(env.status(&id), "running", "round {round}: state");
-        assert_counts_on_from(&b, stopped_at);
+        // The counter carried on: its own log has every tick once, in order, the checkpoint's
+        // included (a restarted counter would log 1 again). Read from the log rather than by
+        // catching the first new /count value in time: under CPU contention `ferry restore`
+        // returns up to a few hundred ms after the tree resumed, several ticks later.
+        for (i, &(n, _)) in log.iter().enumerate() {
+            assert_eq!(
+                n,
+                i as u64 + 1,
+                "round {round}: tick {} of the counter's log is {n} (checkpoint at {stopped_at})",
+                i + 1
+            );
+        }
+        // CLOCK_MONOTONIC as the restored counter reads it (its own vDSO, in the restored
+        // namespace): never backwards, tick after tick, the checkpoint's gap included.
+        for w in log.windows(2) {
+            assert!(
+                w[1].1 >= w[0].1,
+                "round {round}: the counter's CLOCK_MONOTONIC went back from tick {} ({} ns) \
+                 to tick {} ({} ns)",
+                w[0].0,
+                w[0].1,
+                w[1].0,
+                w[1].1
+            );
+        }
+        // Across the checkpoint it went on from where it stopped: forward by at most what
+        // checkpoint and restore took (it misses the 3 s between), a tick, and a margin.
+        let at = |n: u64| log.iter().find(|&&(t, _)| t == n).unwrap().1;
+        let gap = at(stopped_at + 1) - at(stopped_at);
+        let bound = (ck_took + rs_took).as_nanos() as i128 + 300_000_000;
+        assert!(
+            gap <= bound,
+            "round {round}: CLOCK_MONOTONIC inside jumped {gap} ns across the checkpoint; \
+             checkpoint took {ck_took:?}, restore {rs_took:?}"
+        );
+        // And it still reads the namespace's clock: about 100 days ahead of the host's (less
+        // the downtimes not counted so far).
+        let ahead = at(stopped_at + 1) - host_monotonic();
+        let offset_ns = offset as i128 * 1_000_000_000;
+        assert!(
+            ahead > offset_ns - 60_000_000_000 && ahead < offset_ns,
+            "round {round}: the counter's CLOCK_MONOTONIC is {ahead} ns ahead of the host's"
+        );
         let after = uptime(&exec_cat(&env, &id, "/proc/uptime"));
         let host_after = host();
         assert!(

@@ -3,7 +3,8 @@
 //! twice with `ferry checkpoint` / `ferry restore`: the init's filter comes back (the kernel's
 //! /proc view equal, no_new_privs still off, capabilities as they were) and still acts — a
 //! loop in the container keeps finding `mkdir` refused with the profile's errno, and its
-//! counter carries on.
+//! counter carries on; a process exec'd into the restored container is filtered too. Once with
+//! `noNewPrivileges` left out and once with it written out as `false`.
 
 mod cr_common;
 
@@ -51,17 +52,53 @@ fn assert_probe_denied(b: &ferry_integration::Bundle) {
     );
 }
 
+/// A process exec'd into the container is filtered as the init is, with no_new_privs off.
+#[track_caller]
+fn assert_exec_filtered(env: &TestEnv, id: &str, what: &str) {
+    let o = env.ferry(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; mkdir /exec-dir",
+    ]);
+    assert_eq!(o.code(), 1, "{what}: exec:\n{o}");
+    assert!(
+        o.stdout.contains("Seccomp:\t2"),
+        "{what}: exec'd filter:\n{o}"
+    );
+    assert!(
+        o.stdout.contains("NoNewPrivs:\t0"),
+        "{what}: exec'd nnp:\n{o}"
+    );
+    assert!(
+        o.stderr.contains("Permission denied"),
+        "{what}: exec'd mkdir not refused with the profile's errno:\n{o}"
+    );
+}
+
 #[test]
 fn cr_oci_seccomp_profile_survives_two_checkpoints() {
-    let env = TestEnv::new("crsecc");
+    // Absent, as podman writes it (Go's omitempty drops a false): no no_new_privs.
+    seccomp_rounds("crsecc", None);
+}
+
+#[test]
+fn cr_oci_seccomp_profile_with_explicit_no_new_privileges_false() {
+    // Written out, as configs serialized by Rust's oci-spec or by hand are: the same meaning.
+    seccomp_rounds("crseccf", Some(false));
+}
+
+fn seccomp_rounds(name: &str, nnp: Option<bool>) {
+    let env = TestEnv::new(name);
     let id = env.id("c");
     let b = env.bundle(&id, &["sh", "-c", SCRIPT]);
     b.edit_config(|c| {
-        // Absent, as podman writes it (Go's omitempty drops a false): no no_new_privs.
-        c["process"]
-            .as_object_mut()
-            .unwrap()
-            .remove("noNewPrivileges");
+        let p = c["process"].as_object_mut().unwrap();
+        match nnp {
+            Some(v) => p.insert("noNewPrivileges".into(), v.into()),
+            None => p.remove("noNewPrivileges"),
+        };
         c["linux"]["seccomp"] = serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
@@ -79,6 +116,7 @@ fn cr_oci_seccomp_profile_survives_two_checkpoints() {
     let view = seccomp_view(pid);
     assert!(view.contains(&"Seccomp: 2".to_string()), "{view:?}");
     assert!(view.contains(&"NoNewPrivs: 0".to_string()), "{view:?}");
+    assert_exec_filtered(&env, &id, "before any checkpoint");
     for round in 1..=2 {
         let img = env.dir.join(format!("img-{round}"));
         checkpoint(&env, &id, &img, &[]).ok();
@@ -97,6 +135,7 @@ fn cr_oci_seccomp_profile_survives_two_checkpoints() {
             "round {round}: the init's seccomp view"
         );
         assert_probe_denied(&b);
+        assert_exec_filtered(&env, &id, &format!("round {round}"));
     }
     env.ferry(&["kill", &id, "KILL"]).ok();
     assert!(wait_until(T, || env.status(&id) == "stopped"));

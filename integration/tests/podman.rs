@@ -152,6 +152,15 @@ fn podman_runs_execs_stops_and_removes_a_rootfs_container_with_ferry() {
         o.stdout.contains(&host),
         "podman's config.json hostname applied:\n{o}"
     );
+    // podman's default seccomp profile binds exec'd processes as it binds the init.
+    let o = pm
+        .run(&["exec", &name, "grep", "^Seccomp:", "/proc/self/status"])
+        .ok();
+    assert_eq!(
+        o.stdout.trim(),
+        "Seccomp:\t2",
+        "exec'd process filter:\n{o}"
+    );
 
     pm.stop_cleanly(&name);
     let o = pm.run(&["logs", &name]).ok();

@@ -1,14 +1,16 @@
 /*
  * counter: the test rig's long-running workload.
  *
- * Usage: counter [FILE] [INTERVAL_MS=100]
+ * Usage: counter [FILE] [INTERVAL_MS=100] [clock]
  *
  * Every INTERVAL_MS it increments a counter, prints "count N" on stdout and, when FILE is given,
  * replaces FILE atomically (write FILE.tmp, rename) with "N\n", so a reader outside the container
  * never sees a torn value. SIGUSR1, SIGUSR2 and SIGHUP are reported as "signal N" lines on stdout
  * (and appended to FILE.signals), which lets tests check that a named or numbered signal reached
  * the container's init. SIGTERM and SIGINT end it cleanly with "exiting on signal N", exit 0:
- * a graceful stop (podman stop, ctr task kill) must not need SIGKILL.
+ * a graceful stop (podman stop, ctr task kill) must not need SIGKILL. With "clock" (and FILE),
+ * each tick also appends "N MONO_NS\n" to FILE.clock: CLOCK_MONOTONIC as this process reads it
+ * (through its own vDSO), so a test sees the clock of a restored process go on, tick by tick.
  *
  * Build: gcc -static -O2 -o counter counter.c
  */
@@ -38,6 +40,19 @@ static void replace_file(const char *path, unsigned long n)
 	rename(tmp, path);
 }
 
+static void append_clock(const char *path, unsigned long n)
+{
+	char cp[4096];
+	struct timespec now;
+	snprintf(cp, sizeof(cp), "%s.clock", path);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	FILE *f = fopen(cp, "a");
+	if (!f)
+		return;
+	fprintf(f, "%lu %lld\n", n, (long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+	fclose(f);
+}
+
 static void report_signal(const char *path, int sig)
 {
 	printf("signal %d\n", sig);
@@ -59,6 +74,7 @@ int main(int argc, char **argv)
 	long interval_ms = argc > 2 ? atol(argv[2]) : 100;
 	if (interval_ms <= 0)
 		interval_ms = 100;
+	int clock_log = path && argc > 3 && strcmp(argv[3], "clock") == 0;
 
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -88,6 +104,8 @@ int main(int argc, char **argv)
 		fflush(stdout);
 		if (path)
 			replace_file(path, n);
+		if (clock_log)
+			append_clock(path, n);
 		struct timespec ts = { interval_ms / 1000, (interval_ms % 1000) * 1000000L };
 		/* EINTR from a signal just shortens this tick; the loop reports it at once. */
 		nanosleep(&ts, NULL);

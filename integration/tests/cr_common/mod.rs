@@ -56,9 +56,23 @@ pub fn track_state_pid(env: &TestEnv, id: &str) -> Option<i32> {
     Some(pid)
 }
 
-/// A bundle running the counter on /count with the tests' tick.
+/// A bundle running the counter on /count with the tests' tick, logging every tick to
+/// /count.clock (see [`clock_log`]).
 pub fn counter_bundle(env: &TestEnv, id: &str) -> Bundle {
-    env.bundle(id, &["counter", "/count", TICK_MS])
+    env.bundle(id, &["counter", "/count", TICK_MS, "clock"])
+}
+
+/// The counter's tick log (`counter FILE MS clock`): (tick, CLOCK_MONOTONIC in ns as the
+/// counter read it), in the order written; a torn last line is left out; empty when the
+/// counter keeps no log.
+pub fn clock_log(b: &Bundle) -> Vec<(u64, i128)> {
+    let text = b.read_rootfs_file("/count.clock").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (n, ns) = l.split_once(' ')?;
+            Some((n.parse().ok()?, ns.parse().ok()?))
+        })
+        .collect()
 }
 
 /// `run -d` of bundle `b` (its id) with null stdio; tracks the init and returns its pid.
@@ -155,17 +169,27 @@ pub fn wait_count_above(b: &Bundle, value: u64) -> u64 {
 }
 
 /// Watches the counter right after a restore: every value read is at least `stopped_at` (a
-/// restarted counter would write 1 first) and the first new one is `stopped_at + 1` (give or
-/// take a tick missed by the 5 ms polling). Returns the first new value.
+/// restarted counter would write 1 first), and it carried on. With a tick log ([`clock_log`])
+/// whose length [`settled_count`] noted at the checkpoint, the ticks logged since go
+/// `stopped_at + 1`, `stopped_at + 2`, ... (`stopped_at` first when the counter was frozen
+/// between updating the count and logging it): a restarted counter logs 1 again. Otherwise the
+/// first new value read must be `stopped_at + 1`, give or take a tick missed by the polling,
+/// which under load can be too tight: `ferry restore` may return a few hundred ms after the
+/// tree resumed. Returns the first new value read.
 #[track_caller]
 pub fn assert_counts_on_from(b: &Bundle, stopped_at: u64) -> u64 {
     let start = std::time::Instant::now();
+    let mark = log_marks().get(&b.rootfs()).copied();
     loop {
         if let Some(v) = b.counter("/count") {
             assert!(
                 v >= stopped_at,
                 "read {v} after a checkpoint at {stopped_at}: the counter started over"
             );
+            if let (true, Some(mark)) = (v > stopped_at, mark) {
+                assert_log_goes_on(b, mark, stopped_at);
+                return v;
+            }
             if v > stopped_at {
                 assert!(
                     v <= stopped_at + 3,
@@ -182,6 +206,39 @@ pub fn assert_counts_on_from(b: &Bundle, stopped_at: u64) -> u64 {
     }
 }
 
+/// Tick-log lengths noted by [`settled_count`], per rootfs.
+fn log_marks() -> std::sync::MutexGuard<'static, std::collections::HashMap<PathBuf, usize>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>> =
+        std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The ticks logged after entry `mark` go on from `stopped_at` (see [`assert_counts_on_from`]).
+#[track_caller]
+fn assert_log_goes_on(b: &Bundle, mark: usize, stopped_at: u64) {
+    let mut log = Vec::new();
+    assert!(
+        wait_until(T, || {
+            log = clock_log(b);
+            log.iter().skip(mark).any(|t| t.0 > stopped_at)
+        }),
+        "no tick after {stopped_at} in the counter's log past its {mark} entries at the checkpoint"
+    );
+    let since: Vec<u64> = log[mark..].iter().map(|t| t.0).collect();
+    let first = if since[0] == stopped_at {
+        stopped_at
+    } else {
+        stopped_at + 1
+    };
+    let expect: Vec<u64> = (first..first + since.len() as u64).collect();
+    assert_eq!(
+        since, expect,
+        "ticks logged after a checkpoint at {stopped_at}: not carried on"
+    );
+}
+
 /// The counter's value once it has stopped changing (the container is gone or frozen).
 #[track_caller]
 pub fn settled_count(b: &Bundle) -> u64 {
@@ -192,6 +249,10 @@ pub fn settled_count(b: &Bundle) -> u64 {
         first, again,
         "the counter still counts: the container still runs"
     );
+    // Where the ticks logged after a restore will start (for assert_counts_on_from).
+    if b.rootfs().join("count.clock").exists() {
+        log_marks().insert(b.rootfs(), clock_log(b).len());
+    }
     again
 }
 

@@ -61,9 +61,12 @@ pub(super) fn build(
         tracing::debug!("--no-new-keyring: libcontainer creates no session keyring to skip");
     }
     ctx.ensure_root()?;
+    // An explicit `noNewPrivileges: false` with seccomp: libcontainer builds from a view of the
+    // config without the key (see nnp.rs), and the state then names the caller's bundle again.
+    let view = super::nnp::init_view(&bundle)?;
     let stage = format!("create container {id}");
-    ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(FerryExecutor)
+    let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(FerryExecutor::default())
         .with_pid_file(a.pid_file.as_ref())
         .map_err(Error::container(stage.clone()))?
         .with_console_socket(console.or(a.console_socket.as_deref()))
@@ -72,20 +75,25 @@ pub(super) fn build(
         .with_preserved_fds(a.preserve_fds)
         .validate_id()
         .map_err(Error::container(stage.clone()))?
-        .as_init(bundle)
+        .as_init(view.as_ref().map_or(bundle.as_path(), |v| v.path()))
         .with_systemd(false)
         .with_detach(detach)
         .with_no_pivot(a.no_pivot)
         .build()
-        .map_err(Error::container(stage))
-        .inspect(|c| {
-            // The stdio the init was given, for a later checkpoint's descriptors.json.
-            if let Some(pid) = c.pid() {
-                if let Ok(d) = super::cr_stdio::read_init_stdio(pid.as_raw()) {
-                    super::cr_stdio::record(&ctx.container_dir(id), &d);
-                }
-            }
-        })
+        .map_err(Error::container(stage))?;
+    if view.is_some() {
+        if let Err(e) = super::nnp::restore_bundle(&mut container, bundle) {
+            let _ = container.delete(true);
+            return Err(e);
+        }
+    }
+    // The stdio the init was given, for a later checkpoint's descriptors.json.
+    if let Some(pid) = container.pid() {
+        if let Ok(d) = super::cr_stdio::read_init_stdio(pid.as_raw()) {
+            super::cr_stdio::record(&ctx.container_dir(id), &d);
+        }
+    }
+    Ok(container)
 }
 
 /// `ferry create`: like runc, create is always detached from the container's stdio.

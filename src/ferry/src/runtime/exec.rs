@@ -9,7 +9,7 @@ use super::executor::FerryExecutor;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Process, Spec};
 
 use super::console::{Bridge, Receiver};
 use super::{foreground, Ctx, Error, Result};
@@ -43,17 +43,15 @@ pub(super) fn parse_env(env: &[String]) -> HashMap<String, String> {
         .collect()
 }
 
-/// `-t` without `-p`: libcontainer takes a terminal only from a process.json, so one is written
-/// from the container's own process with the flags laid over it.
-fn tty_process_file(
-    ctx: &Ctx,
-    a: &ExecArgs,
-    bundle: &std::path::Path,
-) -> Result<tempfile::TempPath> {
+/// The exec'd process without `-p`, built as runc builds it: the container's own process with
+/// the flags laid over it. Handed to libcontainer as a process.json where its own flag handling
+/// cannot express the process: `-t` (libcontainer takes a terminal only from a file), and a
+/// container with a seccomp profile (whose capabilities exec_seccomp.rs widens for the load).
+fn flags_process(a: &ExecArgs, bundle: &std::path::Path) -> Result<Process> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).map_err(Error::spec(format!("load {}", config.display())))?;
     let mut process = spec.process().clone().unwrap_or_default();
-    process.set_terminal(Some(true));
+    process.set_terminal(Some(a.tty));
     process.set_args(Some(a.command.clone()));
     let mut env = process.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());
@@ -73,18 +71,61 @@ fn tty_process_file(
         }
         process.set_user(user);
     }
+    if !a.cap.is_empty() {
+        add_caps(&mut process, &a.cap)?;
+    }
+    if let Some(profile) = &a.apparmor {
+        process.set_apparmor_profile(Some(profile.clone()));
+    }
     if a.no_new_privs {
         process.set_no_new_privileges(Some(true));
     }
-    let dir = ctx.container_dir(&a.container_id);
+    Ok(process)
+}
+
+/// Writes `process` to a fresh `exec-process-*.json` in `dir` (the container's state directory).
+fn write_process(process: &Process, dir: &std::path::Path) -> Result<tempfile::TempPath> {
     let file = tempfile::Builder::new()
         .prefix("exec-process-")
         .suffix(".json")
-        .tempfile_in(&dir)
-        .map_err(Error::io("create process file in", &dir))?;
-    serde_json::to_writer(file.as_file(), &process)
+        .tempfile_in(dir)
+        .map_err(Error::io("create process file in", dir))?;
+    serde_json::to_writer(file.as_file(), process)
         .map_err(Error::json("write exec process.json"))?;
     Ok(file.into_temp_path())
+}
+
+/// The `--process` file as a [`Process`].
+fn read_process(path: &std::path::Path) -> Result<Process> {
+    let bytes = std::fs::read(path).map_err(Error::io("read process file", path))?;
+    serde_json::from_slice(&bytes).map_err(Error::json(format!("parse {}", path.display())))
+}
+
+/// runc's `exec --cap`: each capability joins the bounding, effective and permitted sets, and
+/// the ambient set when the process has an inheritable set.
+fn add_caps(process: &mut oci_spec::runtime::Process, names: &[String]) -> Result<()> {
+    use oci_spec::runtime::Capability;
+    let mut caps = process.capabilities().clone().unwrap_or_default();
+    for name in names {
+        let cap: Capability = name
+            .to_ascii_uppercase()
+            .trim_start_matches("CAP_")
+            .parse()
+            .map_err(|_| Error::Usage(format!("exec --cap {name}: unknown capability")))?;
+        let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(cap);
+            Some(set)
+        };
+        caps.set_bounding(add(caps.bounding()));
+        caps.set_effective(add(caps.effective()));
+        caps.set_permitted(add(caps.permitted()));
+        if caps.inheritable().is_some() {
+            caps.set_ambient(add(caps.ambient()));
+        }
+    }
+    process.set_capabilities(Some(caps));
+    Ok(())
 }
 
 /// Whether the exec'd process gets a terminal: `terminal` of `--process`'s JSON when given
@@ -133,15 +174,24 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         }
         None => (None, None),
     };
-    let tty_file = if a.tty && a.process.is_none() {
-        Some(tty_process_file(ctx, a, container.bundle())?)
-    } else {
-        None
+    let config = super::nnp::read_config(container.bundle())?;
+    let seccomp = super::nnp::has_seccomp(&config);
+    let mut own = match &a.process {
+        Some(p) if seccomp => Some(read_process(p)?),
+        Some(_) => None,
+        None if a.tty || seccomp => Some(flags_process(a, container.bundle())?),
+        None => None,
     };
-    let process: Option<PathBuf> = match (&a.process, &tty_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(t)) => Some(t.to_path_buf()),
-        (None, None) => None,
+    let filter = match own.as_mut() {
+        Some(p) => super::exec_seccomp::prepare(&config, p)?,
+        None => None,
+    };
+    let written = own
+        .map(|p| write_process(&p, &ctx.container_dir(id)))
+        .transpose()?;
+    let process: Option<PathBuf> = match (&written, &a.process) {
+        (Some(w), _) => Some(w.to_path_buf()),
+        (None, p) => p.clone(),
     };
     // `-t` attached without a console socket: ferry takes the pty itself, like runc.
     let receiver = if !a.detach && a.console_socket.is_none() && wants_terminal(a)? {
@@ -155,7 +205,7 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         .or_else(|| a.console_socket.clone());
     let stage = format!("exec in container {id}");
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(FerryExecutor)
+        .with_executor(FerryExecutor { seccomp: filter })
         .with_root_path(&ctx.root)
         .map_err(Error::container(stage.clone()))?
         .with_console_socket(console.as_ref())
@@ -182,7 +232,7 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         .with_apparmor(a.apparmor.clone())
         .build()
         .map_err(Error::container(stage))?;
-    drop(tty_file);
+    drop(written);
     if a.detach {
         return Ok(0);
     }

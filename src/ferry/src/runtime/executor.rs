@@ -7,6 +7,8 @@
 //! the container's /dev/null, but opens it read-only, so a process started with stdout or
 //! stderr on /dev/null (containerd's null IO, `ferry run >/dev/null`) gets EBADF on every write.
 //! runc keeps such fds writable; so do we, by reopening /dev/null read-write over them.
+//! For `ferry exec` it also loads the container's seccomp filter, which libcontainer's exec
+//! leaves out (see exec_seccomp.rs).
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -15,7 +17,10 @@ use nix::sys::stat::{fstat, major, minor, Mode, SFlag};
 
 /// ferry's workload executor.
 #[derive(Clone, Default)]
-pub struct FerryExecutor;
+pub struct FerryExecutor {
+    /// An exec'd process's seccomp filter, loaded just before execve.
+    pub seccomp: Option<super::exec_seccomp::ExecSeccomp>,
+}
 
 /// Whether `fd` is a read-only /dev/null (character device 1:3).
 fn is_readonly_dev_null(fd: i32) -> bool {
@@ -53,6 +58,9 @@ fn repair_dev_null_stdio() {
 impl Executor for FerryExecutor {
     fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
         repair_dev_null_stdio();
+        if let Some(s) = &self.seccomp {
+            s.apply().map_err(ExecutorError::Other)?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 
