@@ -233,9 +233,9 @@ pub fn descs(dir: &ImageDir, ns_id: u32) -> Result<Vec<pb::IpcDescEntry>, IpcErr
     let l = load(0, dir, ns_id)?;
     Ok(l.shm
         .iter()
-        .map(|(e, _)| e.desc.clone())
-        .chain(l.sem.iter().map(|(e, _)| e.desc.clone()))
-        .chain(l.msg.iter().map(|(e, _)| e.desc.clone()))
+        .map(|(e, _)| e.desc)
+        .chain(l.sem.iter().map(|(e, _)| e.desc))
+        .chain(l.msg.iter().map(|(e, _)| e.desc))
         .collect())
 }
 
