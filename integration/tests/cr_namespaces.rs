@@ -1,8 +1,8 @@
 //! `ferry checkpoint` / `ferry restore` of the busybox counter container with the namespaces
 //! the default test config leaves out: a cgroup namespace (podman and runc add one by default
 //! on cgroup v2 hosts) is checkpointed and restored, twice, with the view inside unchanged; a
-//! time namespace's clocks go on from where they were at the checkpoint, twice; a user
-//! namespace is refused before anything is frozen, with the container running on.
+//! time namespace's clocks go on from where they were at the checkpoint, twice. (User
+//! namespaces: `cr_userns.rs`.)
 
 mod cr_common;
 
@@ -29,19 +29,6 @@ fn ns_ino(pid: i32, ns: &str) -> u64 {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}"))
         .unwrap()
         .ino()
-}
-
-/// `lchown -R uid:uid` of `dir`.
-fn chown_tree(dir: &std::path::Path, id: u32) {
-    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            chown_tree(&p, id);
-        } else {
-            std::os::unix::fs::lchown(&p, Some(id), Some(id)).unwrap();
-        }
-    }
 }
 
 fn init_pid(env: &TestEnv, id: &str) -> i32 {
@@ -96,33 +83,6 @@ fn cr_cgroup_namespace_restored_twice_with_the_same_view_inside() {
     env.wait_status(&id, "stopped", T);
     env.ferry(&["delete", &id]).ok();
     assert_nothing_left(&env, &b, &id);
-}
-
-/// Checkpoint is refused naming `ns`, before the freezer is touched; the container counts on,
-/// still running, and can be deleted as usual.
-#[track_caller]
-fn assert_refused_and_running_on(env: &TestEnv, b: &Bundle, id: &str, ns: &str) {
-    let img = env.dir.join("img");
-    let o = checkpoint(env, id, &img, &[]);
-    o.code_is(1).stderr_has(&format!(
-        "not supported yet: checkpoint of a container with its own {ns} namespace"
-    ));
-    let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
-    assert!(
-        !log.contains("freeze") && !log.contains("network lock"),
-        "nothing was locked or frozen:\n{log}"
-    );
-    assert!(
-        !img.join("pstree.img").exists(),
-        "no tree images written for a refused checkpoint"
-    );
-    assert_eq!(env.status(id), "running", "still running after the refusal");
-    let c = b.counter("/count").unwrap();
-    wait_count_above(b, c);
-    env.ferry(&["kill", id, "KILL"]).ok();
-    env.wait_status(id, "stopped", T);
-    env.ferry(&["delete", id]).ok();
-    assert_nothing_left(env, b, id);
 }
 
 /// Boot time in seconds as `/proc/uptime` shows it (time-namespace aware).
@@ -297,29 +257,4 @@ fn cr_time_namespace_clocks_go_on_from_the_checkpoint_twice() {
         .code_is(1)
         .stderr_has("the images' tree has its own time namespace; the config makes none");
     assert_nothing_left(&env, &b, &id);
-}
-
-#[test]
-fn cr_user_namespace_refused_before_freezing_container_runs_on() {
-    let env = TestEnv::new("cruserns");
-    let id = env.id("c");
-    let b = counter_bundle(&env, &id);
-    add_namespace(&b, json!({"type": "user"}));
-    // Rootless-style: every id shifted by 100000; the rootfs is handed to the shifted root.
-    let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    b.edit_config(|c| {
-        c["linux"]["uidMappings"] = maps.clone();
-        c["linux"]["gidMappings"] = maps.clone();
-    });
-    chown_tree(&b.rootfs(), 100000);
-    start_counter(&env, &b);
-    let pid = init_pid(&env, &id);
-    assert_ne!(
-        ns_ino(pid, "user"),
-        ns_ino(std::process::id() as i32, "user"),
-        "the container has a user namespace of its own"
-    );
-    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
-    assert!(map.contains("100000"), "uid_map of the init:\n{map}");
-    assert_refused_and_running_on(&env, &b, &id, "user");
 }

@@ -17,7 +17,10 @@
 //! A cgroup namespace needs nothing of its own (the runtime unshares it with the new init
 //! already in the container's cgroup). A time namespace's clocks as seen inside are dumped
 //! (`timens-ID.img`) and given back as the new namespace's offsets ([`time_offsets`]). A user
-//! namespace is refused until credentials and owners are translated through its mappings.
+//! namespace's mappings are dumped (`userns-ID.img`) and every id of the images is stored as
+//! seen inside it; the restore's new namespace, made by the runtime from the bundle's config,
+//! may map them elsewhere: what ferry fills from outside is translated through the new
+//! init's maps (`userns`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -58,6 +61,9 @@ pub enum ContainerError {
     /// Image directory.
     #[error(transparent)]
     Dir(#[from] ferry_images::dir::DirError),
+    /// User namespace.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
     /// The caller's freezer failed.
     #[error("container {stage}: cgroup freezer: {message}")]
     Freezer {
@@ -130,6 +136,8 @@ pub struct NsIds {
     pub net: Option<u32>,
     /// time namespace id, when its own.
     pub time: Option<u32>,
+    /// user namespace id, when its own.
+    pub user: Option<u32>,
 }
 
 fn own_ns(pid: i32, name: &str) -> Result<bool, ContainerError> {
@@ -165,58 +173,8 @@ pub fn ns_ids(pid: i32, images_dir: &Path) -> Result<NsIds, ContainerError> {
         mnt: pick("mnt", ids.mnt_ns_id)?,
         net: pick("net", ids.net_ns_id)?,
         time: pick("time", ids.time_ns_id)?,
+        user: pick("user", ids.user_ns_id)?,
     })
-}
-
-/// Namespaces of the container's own that the images cannot carry yet, with why.
-///
-/// A user namespace: the tree's credentials, file owners and capabilities are read from the
-/// host's side of its uid/gid mappings, which the restore does not translate back. A time
-/// namespace: its CLOCK_MONOTONIC/CLOCK_BOOTTIME offsets are not dumped, so a restore from the
-/// bundle's config would make the container's clocks jump (and go back on another host). A
-/// cgroup namespace needs nothing of its own: the runtime unshares it once the new init is in
-/// the container's cgroup, which is where the restore puts the tree, so the view inside is the
-/// same.
-const REFUSED_NS: [(&str, &str); 1] = [(
-    "user",
-    "its uid/gid mappings and the ids inside are not dumped",
-)];
-
-/// Refuses, before anything is locked or frozen, a container with a namespace of its own that
-/// [`REFUSED_NS`] lists.
-pub fn refuse_namespaces(pid: i32) -> Result<(), ContainerError> {
-    for (ns, why) in REFUSED_NS {
-        if Path::new(&format!("/proc/{pid}/ns/{ns}")).exists() && own_ns(pid, ns)? {
-            return Err(ContainerError::NotSupported {
-                stage: "namespaces",
-                what: format!("checkpoint of a container with its own {ns} namespace ({why})"),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Refuses images whose tree had a namespace of its own that [`REFUSED_NS`] lists (images of
-/// another dumper, runc+CRIU's): the root task's namespace id differs from the dumper's own
-/// (the inventory's `root_ids`).
-pub fn refuse_image_namespaces(dir: &ImageDir) -> Result<(), ContainerError> {
-    let root = image_ns_ids(dir)?;
-    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
-    let Some(dumper) = inv.root_ids else {
-        return Ok(());
-    };
-    for ((ns, why), (mine, theirs)) in REFUSED_NS
-        .iter()
-        .zip([(root.user_ns_id, dumper.user_ns_id)])
-    {
-        if mine.is_some() && theirs.is_some() && mine != theirs {
-            return Err(ContainerError::NotSupported {
-                stage: "read images",
-                what: format!("restore of a container with its own {ns} namespace ({why})"),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Checkpoints the container whose init is `opts.pid`: network lock → freeze → hostname, IPC,
@@ -237,7 +195,6 @@ pub fn checkpoint(
     })?;
     let dir = ImageDir::open(&opts.images_dir)?;
     let ids = ns_ids(opts.pid, &opts.images_dir)?;
-    refuse_namespaces(opts.pid)?;
     log.stage("container prepare", t, &format!("namespace ids {ids:?}"));
 
     let lock = match ids.net {
@@ -326,6 +283,12 @@ fn dump_resources(
     log: &mut DumpLog,
 ) -> Result<(), ContainerError> {
     let pid = opts.pid;
+    // Owners ferry reads from the host (IPC objects, tmpfs files) are stored as seen inside
+    // the container's user namespace; the tree dump writes its maps and the tasks' ids.
+    let userns = match ids.user {
+        Some(_) => Some(crate::userns::UserNs::of_task(pid)?),
+        None => None,
+    };
     let t = Instant::now();
     if let Some(id) = ids.uts {
         let st = crate::uts::dump_uts(pid, dir, id)?;
@@ -333,7 +296,7 @@ fn dump_resources(
     }
     let t = Instant::now();
     if let Some(id) = ids.ipc {
-        let s = crate::ipc::dump_ipc(pid, dir, id)?;
+        let s = crate::ipc::dump::dump_ipc_in(pid, dir, id, userns.as_ref())?;
         log.stage(
             "ipc",
             t,
@@ -350,6 +313,7 @@ fn dump_resources(
         let m = MountDumpOpts {
             root: PathBuf::from("/"),
             external: opts.external_mounts.clone(),
+            userns: userns.clone(),
         };
         let e = crate::mounts::dump_mounts(pid, dir, id, &m)?;
         log.stage("mounts", t, &format!("{} mounts", e.len()));
@@ -479,6 +443,17 @@ fn restore_into(
     log: &mut crate::restore::Log,
 ) -> Result<(), ContainerError> {
     let pid = opts.pid;
+    // The new container's maps (the runtime made its user namespace from the bundle's
+    // config): the images' ids inside go to host ids through them.
+    let userns = crate::userns::restore::of_init(pid)?;
+    if userns.is_none() && crate::userns::restore::image_userns(dir)?.is_some() {
+        return Err(ContainerError::NotSupported {
+            stage: "user namespace",
+            what: format!(
+                "the images' tree has its own user namespace and the new init {pid} has none"
+            ),
+        });
+    }
     let t = Instant::now();
     if let Some(id) = ids
         .mnt_ns_id
@@ -511,7 +486,7 @@ fn restore_into(
         .ipc_ns_id
         .filter(|id| dir.has(&crate::ipc::image_names(*id)[0]))
     {
-        crate::ipc::restore_ipc(pid, dir, id)?;
+        crate::ipc::restore::restore_ipc_in(pid, dir, id, userns.as_ref())?;
         log.stage("container ipc", t);
     }
     let t = Instant::now();
@@ -519,7 +494,7 @@ fn restore_into(
         .mnt_ns_id
         .filter(|id| dir.has(&crate::mounts::image_name(*id)))
     {
-        let n = refill_tmpfs(pid, dir, id, log)?;
+        let n = refill_tmpfs(pid, dir, id, userns.as_ref(), log)?;
         log.stage(&format!("container tmpfs contents ({n} mounts)"), t);
     }
     let t = Instant::now();
@@ -568,44 +543,63 @@ fn root_cg_set(dir: &ImageDir) -> Result<u32, ContainerError> {
     Ok(inv.root_cg_set.unwrap_or(1))
 }
 
-/// The mount tree itself comes from the runtime (the bundle's config); what the config cannot
-/// give back is what the container wrote into its tmpfs mounts, extracted here from the
-/// archives through `/proc/PID/root`. `/dev` is left to the config's device list: its archive
-/// holds the device nodes the runtime has just made.
+/// The tmpfs archives a container restore extracts, as (mountpoint, image name): the mount
+/// tree itself comes from the runtime (the bundle's config); what the config cannot give back
+/// is what the container wrote into its tmpfs mounts. `/dev` is left to the config's device
+/// list (its archive holds the device nodes the runtime has just made), and read-only tmpfs
+/// (masked directories) are empty by design.
+pub fn tmpfs_to_refill(
+    dir: &ImageDir,
+    ns_id: u32,
+) -> Result<Vec<(String, String)>, ContainerError> {
+    let mounts: Vec<pb::MntEntry> = dir.read_entries(&crate::mounts::image_name(ns_id))?;
+    let tmpfs = crate::mounts::fstype_code("tmpfs");
+    Ok(mounts
+        .iter()
+        .filter(|m| m.fstype == tmpfs && m.root == "/")
+        .filter(|m| m.ext_mount != Some(true) && m.mountpoint != "/" && m.mountpoint != "/dev")
+        .filter(|m| m.flags & libc::MS_RDONLY as u32 == 0)
+        .map(|m| {
+            (
+                m.mountpoint.clone(),
+                crate::mounts::tmpfs_image_name(m.root_dev),
+            )
+        })
+        .filter(|(_, name)| dir.has(name))
+        .collect())
+}
+
+/// Extracts the archives of [`tmpfs_to_refill`] through `/proc/PID/root`, their owners
+/// translated into host ids when the container has a user namespace.
 fn refill_tmpfs(
     pid: i32,
     dir: &ImageDir,
     ns_id: u32,
+    userns: Option<&crate::userns::UserNs>,
     log: &mut crate::restore::Log,
 ) -> Result<usize, ContainerError> {
-    let mounts: Vec<pb::MntEntry> = dir.read_entries(&crate::mounts::image_name(ns_id))?;
-    let tmpfs = crate::mounts::fstype_code("tmpfs");
-    let mut n = 0;
-    for m in mounts.iter().filter(|m| m.fstype == tmpfs && m.root == "/") {
-        let name = crate::mounts::tmpfs_image_name(m.root_dev);
-        if m.ext_mount == Some(true) || m.mountpoint == "/" || !dir.has(&name) {
-            continue;
+    let list = tmpfs_to_refill(dir, ns_id)?;
+    for (mountpoint, name) in &list {
+        let mut data = dir.read(name)?;
+        if let Some(ns) = userns {
+            data = crate::userns::restore::tar_out(&data, mountpoint, ns)?;
         }
-        if m.mountpoint == "/dev" {
-            log.line(
-                2,
-                "tmpfs /dev: devices come from the bundle's config, archive skipped",
-            );
-            continue;
-        }
-        if m.flags & libc::MS_RDONLY as u32 != 0 {
-            // Masked directories: read-only tmpfs the config mounts again, empty by design.
-            log.line(
-                2,
-                &format!("tmpfs {}: read-only, archive skipped", m.mountpoint),
-            );
-            continue;
-        }
-        let data = dir.read(&name)?;
-        let mp = PathBuf::from(&m.mountpoint);
+        let mp = PathBuf::from(mountpoint);
         // Extracted from inside the container's mount namespace: the archive's paths are
         // resolved (and checked for escapes) against the container's tree, never the host's.
         let r = crate::uts::enter::in_namespaces(pid, &[crate::uts::enter::Ns::Mnt], || {
+            // A tmpfs the container mounted belongs to its user namespace, which has no
+            // place for the host's root: files are created as the namespace's root.
+            if let Some(ns) = userns {
+                crate::userns::restore::act_as_inside_root(ns).map_err(|source| {
+                    ContainerError::Io {
+                        stage: "tmpfs contents",
+                        op: "act as the user namespace's root",
+                        path: mp.display().to_string(),
+                        source,
+                    }
+                })?;
+            }
             if !is_tmpfs(&mp) {
                 return Err(ContainerError::NotSupported {
                     stage: "tmpfs contents",
@@ -627,9 +621,9 @@ fn refill_tmpfs(
             what: format!("entering the mount namespace of task {pid}: {e}"),
         })?;
         r?;
-        n += 1;
+        log.line(2, &format!("tmpfs {mountpoint}: {name} extracted"));
     }
-    Ok(n)
+    Ok(list.len())
 }
 
 /// Whether `path` is the root of a tmpfs (in the calling thread's mount namespace).
@@ -666,13 +660,23 @@ mod tests {
     }
 
     #[test]
-    fn runc_criu_images_of_a_container_without_user_or_time_namespace_pass() {
+    fn runc_criu_images_have_no_user_namespace_and_refill_shm() {
         let dir = ImageDir::open(fixture()).expect("the runc-busybox fixture");
-        refuse_image_namespaces(&dir).unwrap();
+        assert!(crate::userns::restore::image_userns(&dir)
+            .unwrap()
+            .is_none());
+        let refill = tmpfs_to_refill(&dir, 13).unwrap();
+        assert!(
+            refill.iter().any(|(mp, _)| mp == "/dev/shm")
+                && refill.iter().all(|(mp, _)| mp != "/dev"),
+            "{refill:?}"
+        );
+        let ids = crate::userns::restore::image_ids(&dir).unwrap();
+        assert!(ids.uids.contains_key(&0), "{ids:?}");
     }
 
     #[test]
-    fn images_of_a_tree_in_its_own_user_namespace_are_refused() {
+    fn images_of_a_tree_in_its_own_user_namespace_carry_its_maps() {
         let d = tempfile::tempdir().unwrap();
         let dir = ImageDir::create(d.path()).unwrap();
         let ids = |user: u32| pb::TaskKobjIdsEntry {
@@ -693,13 +697,21 @@ mod tests {
         };
         dir.write_entries("pstree.img", &[root]).unwrap();
         dir.write_entries("ids-1.img", &[ids(3)]).unwrap();
-        refuse_image_namespaces(&dir).unwrap();
+        assert!(crate::userns::restore::image_userns(&dir)
+            .unwrap()
+            .is_none());
         dir.write_entries("ids-1.img", &[ids(4)]).unwrap();
-        let e = refuse_image_namespaces(&dir).unwrap_err().to_string();
-        assert!(
-            e.contains("not supported yet: restore of a container with its own user namespace"),
-            "{e}"
-        );
+        let e = crate::userns::restore::image_userns(&dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("userns-4.img (its mappings) is missing"), "{e}");
+        let ns = crate::userns::UserNs {
+            uid: crate::userns::IdMap::parse("0 100000 65536").unwrap(),
+            gid: crate::userns::IdMap::parse("0 100000 65536").unwrap(),
+        };
+        crate::userns::dump::write(&dir, 4, &ns).unwrap();
+        let (id, got) = crate::userns::restore::image_userns(&dir).unwrap().unwrap();
+        assert_eq!((id, got), (4, ns));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum DumpError {
     /// Reading credentials or limits.
     #[error(transparent)]
     Creds(#[from] crate::creds::dump::CredsError),
+    /// User namespace.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
     /// Reading the address space.
     #[error(transparent)]
     Mem(#[from] crate::mem::dump::MemError),
@@ -365,6 +368,21 @@ fn write_images(
     // As CRIU: the inventory's root_ids are the dumper's own, numbered first, so a restore can
     // tell which namespaces are the tree's own (ids differing from these).
     let root_ids = Some(ctx.ids(std::process::id() as i32)?);
+    // A tree in its own user namespace: its maps go to userns-ID.img and every id to the
+    // images as seen inside (`userns`).
+    let userns = crate::userns::dump::collect(tree)?;
+    if let (Some(ns), Some(root)) = (&userns, tree.tasks.first()) {
+        let id = ctx.ids(root.ids.pid)?.user_ns_id.unwrap_or(0);
+        crate::userns::dump::write(&dir, id, ns)?;
+        log.log(
+            crate::log::INFO,
+            &format!(
+                "user namespace {id}: uid_map {}, gid_map {}",
+                ns.uid.describe(),
+                ns.gid.describe()
+            ),
+        );
+    }
     let mut files_written = std::collections::HashSet::new();
     for task in tree.tasks.iter_mut() {
         let pid = task.ids.pid;
@@ -373,6 +391,10 @@ fn write_images(
             dump_task::dump_task(task, ctx, opts.shell_job).map_err(in_task("dump", pid))?;
         imgs.pid = nsmap.ns(imgs.pid);
         crate::pidns::dump::translate_cores(&mut imgs.cores, &nsmap);
+        if let Some(ns) = &userns {
+            crate::userns::dump::translate_cores(pid, &mut imgs.cores, ns)
+                .map_err(|e| in_task("dump", pid)(e.into()))?;
+        }
         let (scan, drain, pages) = imgs.mem;
         log.stage(
             "task",
@@ -391,6 +413,9 @@ fn write_images(
     let t = Instant::now();
     dir.write_entries("pstree.img", &crate::pstree::dump::entries(tree, &nsmap))?;
     ctx.files.finish_unix(opts.ext_unix_sk)?;
+    if let Some(ns) = &userns {
+        crate::userns::dump::translate_files(&mut ctx.files, ns);
+    }
     dir.write_entries("files.img", &ctx.files.entries)?;
     // tty-info, pipes-data, ghost-file-N, remap-fpath: the file table's side images.
     ctx.files.write_side_images(&dir, &mut ctx.next_pages_id)?;

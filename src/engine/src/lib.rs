@@ -31,6 +31,7 @@ pub mod seccomp;
 pub mod sigact;
 pub mod timens;
 pub mod timers;
+pub mod userns;
 
 // Container-level resources (issue 7).
 pub mod cgroups;

@@ -394,6 +394,21 @@ pub fn plan(opts: &Options, log: &mut Log) -> Result<Plan, RestoreError> {
     let mut tasks = read_tasks(&dir)?;
     let ns = pidns::mode(tasks[0].entry.pid, opts.in_place).map_err(stage_err("read images"))?;
     let files = files::restore::load_files(&dir).map_err(stage_err("read images"))?;
+    // Ids of a tree in its own user namespace are stored as seen inside it: only a restore
+    // running inside a user namespace (a container runtime's init) may set them as they are.
+    if crate::userns::restore::image_userns(&dir)
+        .map_err(stage_err("read images"))?
+        .is_some()
+        && crate::userns::UserNs::of_task(std::process::id() as i32)
+            .map_err(stage_err("read images"))?
+            .uid
+            .is_identity()
+    {
+        return Err(stage_err("read images")(
+            "the images' tree has its own user namespace; restore it into a container that \
+             makes one (ferry restore with uidMappings/gidMappings in the bundle's config)",
+        ));
+    }
     log.stage("read images", t);
     let t = Instant::now();
     let vdso = CurrentVdso::read().map_err(stage_err("check"))?;

@@ -234,6 +234,10 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
     let at = arena.push(&[args], "argument block").map_err(err)?;
     let keep_fds: BTreeSet<i32> = [exe_fd].into_iter().collect();
     files::restore::install(pid, &t.fds, &plan.opened, &keep_fds).map_err(|e| e.to_string())?;
+    if let Some(c) = main_creds {
+        // Last of what the Rust half does with its privileges: everything is open.
+        creds::restore::set_ids(pid, c).map_err(|e| e.to_string())?;
+    }
     if let Some(d) = img.mm.dumpable {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, d, 0, 0, 0) };

@@ -206,6 +206,7 @@ fn mount_tree_with_tmpfs_external_ro_and_masked_survives_two_cycles() {
         let opts = MountDumpOpts {
             root: src.1.clone(),
             external: BTreeMap::from([("/ext".to_string(), "ext-data".to_string())]),
+            ..Default::default()
         };
         let entries = mounts::dump_mounts(src.0.pid, &dir, 13, &opts).unwrap();
         assert_eq!(
@@ -274,6 +275,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
         &MountDumpOpts {
             root: root_a.clone(),
             external: BTreeMap::new(),
+            ..Default::default()
         },
     )
     .unwrap_err()
@@ -282,6 +284,7 @@ fn mount_restore_without_external_source_fails_and_leaves_nothing() {
     let opts = MountDumpOpts {
         root: root_a.clone(),
         external: BTreeMap::from([("/ext".to_string(), "k".to_string())]),
+        ..Default::default()
     };
     mounts::dump_mounts(a.pid, &dir, 1, &opts).unwrap();
     let b = NsChild::spawn(&["--mount", "--propagation", "private"]);

@@ -183,6 +183,7 @@ fn runc_container_resources_dump_like_criu_and_restore_elsewhere() {
         &MountDumpOpts {
             root: "/".into(),
             external: ext,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -255,11 +255,28 @@ fn pad(w: &mut Vec<u8>, len: usize, align: usize) {
 /// The object images are written only when the namespace holds objects of that kind, as
 /// CRIU does.
 pub fn dump_ipc(pid: i32, dir: &ImageDir, ns_id: u32) -> Result<IpcSummary, IpcError> {
-    let g =
+    dump_ipc_in(pid, dir, ns_id, None)
+}
+
+/// [`dump_ipc`] of a namespace owned by the container's user namespace `userns`: IPC_STAT
+/// reports owners as ferry (on the host) sees them; the images hold them as seen inside.
+pub fn dump_ipc_in(
+    pid: i32,
+    dir: &ImageDir,
+    ns_id: u32,
+    userns: Option<&crate::userns::UserNs>,
+) -> Result<IpcSummary, IpcError> {
+    let mut g =
         in_namespaces(pid, &[Ns::Ipc], || gather(pid)).map_err(|source| IpcError::Enter {
             stage: STAGE,
             source,
         })??;
+    if let Some(ns) = userns {
+        let t = |d: &mut pb::IpcDescEntry| crate::userns::dump::translate_ipc(d, ns);
+        g.shm.iter_mut().for_each(|(e, _)| t(&mut e.desc));
+        g.sem.iter_mut().for_each(|(e, _)| t(&mut e.desc));
+        g.msg.iter_mut().for_each(|(e, _)| t(&mut e.desc));
+    }
     let [var, shm, sem, msg] = image_names(ns_id);
     dir.write_entries(&var, std::slice::from_ref(&g.var))
         .map_err(img_err(&var))?;

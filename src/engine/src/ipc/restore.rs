@@ -1,5 +1,7 @@
 //! Restore half of the IPC namespace.
 
+use std::collections::BTreeMap;
+
 use ferry_images::{dir::kind_for_name, pb, ImageDir, ImageReader};
 
 use super::sys::{self, Kind, Msqid64Ds, Semid64Ds, ShmAttach, Shmid64Ds};
@@ -191,13 +193,62 @@ fn create_with_id(
     Ok(got)
 }
 
-fn set_perm(p: &mut sys::Ipc64Perm, d: &pb::IpcDescEntry) {
-    p.uid = d.uid;
-    p.gid = d.gid;
+/// Owner (host ids when the namespace is owned by a user namespace: see `userns`) and mode.
+fn set_perm(p: &mut sys::Ipc64Perm, d: &pb::IpcDescEntry, owner: (u32, u32)) {
+    (p.uid, p.gid) = owner;
     p.mode = d.mode & 0o777;
 }
 
-fn recreate(pid: i32, l: &Loaded) -> Result<IpcSummary, IpcError> {
+/// The owners of every object, as IPC_SET takes them from ferry (on the host).
+fn owners(
+    pid: i32,
+    l: &Loaded,
+    userns: Option<&crate::userns::UserNs>,
+) -> Result<BTreeMap<u32, (u32, u32)>, IpcError> {
+    let descs = l
+        .shm
+        .iter()
+        .map(|(e, _)| &e.desc)
+        .chain(l.sem.iter().map(|(e, _)| &e.desc))
+        .chain(l.msg.iter().map(|(e, _)| &e.desc));
+    let mut m = BTreeMap::new();
+    for (k, d) in descs.enumerate() {
+        let o = match userns {
+            None => (d.uid, d.gid),
+            Some(ns) => {
+                crate::userns::restore::ipc_owner(d, ns).map_err(|e| IpcError::Invalid {
+                    pid,
+                    file: "ipcns".into(),
+                    what: e.to_string(),
+                })?
+            }
+        };
+        m.insert(k as u32, o);
+    }
+    Ok(m)
+}
+
+/// The IPC objects' descriptors of `ipcns-*-NS_ID.img` (for checks before a restore).
+pub fn descs(dir: &ImageDir, ns_id: u32) -> Result<Vec<pb::IpcDescEntry>, IpcError> {
+    let l = load(0, dir, ns_id)?;
+    Ok(l.shm
+        .iter()
+        .map(|(e, _)| e.desc)
+        .chain(l.sem.iter().map(|(e, _)| e.desc))
+        .chain(l.msg.iter().map(|(e, _)| e.desc))
+        .collect())
+}
+
+fn recreate(
+    pid: i32,
+    l: &Loaded,
+    owners: &BTreeMap<u32, (u32, u32)>,
+) -> Result<IpcSummary, IpcError> {
+    let mut k = 0u32;
+    let mut owner = || {
+        k += 1;
+        owners[&(k - 1)]
+    };
     let var = l.var.as_ref().expect("loaded");
     apply_vars(pid, var)?;
     let mut sum = IpcSummary::default();
@@ -224,7 +275,7 @@ fn recreate(pid: i32, l: &Loaded) -> Result<IpcSummary, IpcError> {
         drop(at);
         let mut ds = Shmid64Ds::default();
         sys::shmctl(id, sys::IPC_STAT, &mut ds).map_err(sys_err(pid, obj.clone(), "IPC_STAT"))?;
-        set_perm(&mut ds.perm, d);
+        set_perm(&mut ds.perm, d, owner());
         sys::shmctl(id, sys::IPC_SET, &mut ds).map_err(sys_err(pid, obj, "IPC_SET"))?;
         sum.shm_ids.push(id);
     }
@@ -248,7 +299,7 @@ fn recreate(pid: i32, l: &Loaded) -> Result<IpcSummary, IpcError> {
             obj.clone(),
             "IPC_STAT",
         ))?;
-        set_perm(&mut ds.perm, d);
+        set_perm(&mut ds.perm, d, owner());
         sys::semctl_ds(id, sys::IPC_SET, &mut ds).map_err(sys_err(pid, obj, "IPC_SET"))?;
         sum.sem_ids.push(id);
     }
@@ -269,7 +320,7 @@ fn recreate(pid: i32, l: &Loaded) -> Result<IpcSummary, IpcError> {
         sys::msgctl(id, sys::IPC_STAT, &mut ds).map_err(sys_err(pid, obj.clone(), "IPC_STAT"))?;
         // Raising qbytes past msgmnb needs CAP_SYS_RESOURCE: only touch it when it differs.
         ds.qbytes = u64::from(e.qbytes);
-        set_perm(&mut ds.perm, d);
+        set_perm(&mut ds.perm, d, owner());
         sys::msgctl(id, sys::IPC_SET, &mut ds).map_err(sys_err(pid, obj.clone(), "IPC_SET"))?;
         for (i, (mtype, text)) in msgs.iter().enumerate() {
             let mut buf = Vec::with_capacity(8 + text.len());
@@ -303,8 +354,32 @@ fn recreate(pid: i32, l: &Loaded) -> Result<IpcSummary, IpcError> {
 /// Every image is read and checked first; then limits are set and every object is created
 /// with its original id, content, values or messages, owner and mode.
 pub fn restore_ipc(pid: i32, dir: &ImageDir, ns_id: u32) -> Result<IpcSummary, IpcError> {
+    restore_ipc_in(pid, dir, ns_id, None)
+}
+
+/// [`restore_ipc`] into a namespace owned by the container's user namespace `userns` (its
+/// maps as the host sees them): owners go from inside ids to host ids.
+pub fn restore_ipc_in(
+    pid: i32,
+    dir: &ImageDir,
+    ns_id: u32,
+    userns: Option<&crate::userns::UserNs>,
+) -> Result<IpcSummary, IpcError> {
     let l = load(pid, dir, ns_id)?;
-    in_namespaces(pid, &[Ns::Ipc], || recreate(pid, &l)).map_err(|source| IpcError::Enter {
+    let owners = owners(pid, &l, userns)?;
+    in_namespaces(pid, &[Ns::Ipc], || {
+        // A namespace owned by the container's user namespace: its sysctl files belong to
+        // the namespace's root, and objects get it as their creator.
+        if let Some(ns) = userns {
+            crate::userns::restore::act_as_inside_root(ns).map_err(sys_err(
+                pid,
+                "helper thread".into(),
+                "act as the namespace's root",
+            ))?;
+        }
+        recreate(pid, &l, &owners)
+    })
+    .map_err(|source| IpcError::Enter {
         stage: STAGE,
         source,
     })?

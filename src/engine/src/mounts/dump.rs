@@ -19,6 +19,8 @@ pub struct MountDumpOpts {
     /// External mounts: mountpoint relative to the container root (`/data`) -> key written to
     /// `ext_key` (runc uses the destination itself); restore gets the source from the caller.
     pub external: BTreeMap<String, String>,
+    /// The container's user namespace: tmpfs owners are archived as seen inside it.
+    pub userns: Option<crate::userns::UserNs>,
 }
 
 impl Default for MountDumpOpts {
@@ -26,6 +28,7 @@ impl Default for MountDumpOpts {
         Self {
             root: PathBuf::from("/"),
             external: BTreeMap::new(),
+            userns: None,
         }
     }
 }
@@ -164,13 +167,20 @@ pub fn dump_mounts(
                 });
             }
             let path = PathBuf::from(format!("/proc/{pid}/root{}", m.mountpoint));
-            let data = tmpfs::archive(&path).map_err(|source| MountError::Io {
-                stage: STAGE,
-                pid,
-                op: "archive tmpfs",
-                path: path.display().to_string(),
-                source,
-            })?;
+            let data = tmpfs::archive(&path)
+                .and_then(|d| match &opts.userns {
+                    Some(ns) => tmpfs::map_owners(&d, &mut |u, g| {
+                        Ok(crate::userns::dump::tar_owner(u, g, ns))
+                    }),
+                    None => Ok(d),
+                })
+                .map_err(|source| MountError::Io {
+                    stage: STAGE,
+                    pid,
+                    op: "archive tmpfs",
+                    path: path.display().to_string(),
+                    source,
+                })?;
             let name = tmpfs_image_name(m.kdev);
             dir.write_raw(&name, &data)
                 .map_err(|source| MountError::Image {

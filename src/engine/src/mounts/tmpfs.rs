@@ -73,6 +73,64 @@ pub fn archive(root: &Path) -> std::io::Result<Vec<u8>> {
     b.into_inner()?.finish()
 }
 
+/// Rewrites the numeric owner of every entry of a gzip'd archive through `f` (a user
+/// namespace's translation, `userns`), leaving names, modes and contents as they are: the
+/// 512-byte headers are patched in place (uid, gid, checksum) and the stream compressed again.
+/// GNU long-name and pax blocks are passed through.
+pub fn map_owners(
+    data: &[u8],
+    f: &mut dyn FnMut(u64, u64) -> std::io::Result<(u64, u64)>,
+) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    GzDecoder::new(data).read_to_end(&mut raw)?;
+    let mut off = 0;
+    while off + 512 <= raw.len() {
+        let block = &mut raw[off..off + 512];
+        if block.iter().all(|b| *b == 0) {
+            break;
+        }
+        let h = Header::from_byte_slice(block);
+        let size = h.entry_size()?;
+        let ty = h.entry_type();
+        if !matches!(
+            ty,
+            EntryType::GNULongName
+                | EntryType::GNULongLink
+                | EntryType::XHeader
+                | EntryType::XGlobalHeader
+        ) {
+            let (uid, gid) = f(h.uid()?, h.gid()?)?;
+            let mut nh = h.clone();
+            nh.set_uid(uid);
+            nh.set_gid(gid);
+            nh.set_cksum();
+            block.copy_from_slice(nh.as_bytes());
+        }
+        let data_len = usize::try_from(size.next_multiple_of(512))
+            .map_err(|_| std::io::Error::other("tar entry size overflows"))?;
+        off += 512 + data_len;
+    }
+    if off > raw.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "tar archive ends inside an entry",
+        ));
+    }
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    std::io::Write::write_all(&mut gz, &raw)?;
+    gz.finish()
+}
+
+/// The numeric owners (uid, gid) of every entry of a gzip'd archive.
+pub fn owners(data: &[u8]) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut v = Vec::new();
+    map_owners(data, &mut |u, g| {
+        v.push((u, g));
+        Ok((u, g))
+    })?;
+    Ok(v)
+}
+
 /// Extracts an archive made by [`archive`] (or CRIU's tar) into `dest`.
 pub fn extract(data: &[u8], dest: &Path) -> std::io::Result<usize> {
     let mut a = Archive::new(GzDecoder::new(data));
@@ -178,5 +236,42 @@ mod tests {
             Path::new("d/f")
         );
         assert!(extract(&data[..data.len() / 2], tempfile::tempdir().unwrap().path()).is_err());
+    }
+
+    #[test]
+    fn owners_are_rewritten_and_contents_kept() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("d")).unwrap();
+        let long = "n".repeat(150);
+        std::fs::write(a.path().join("d").join(&long), b"hello").unwrap();
+        std::os::unix::fs::lchown(a.path().join("d"), Some(100_007), Some(100_008)).unwrap();
+        let data = archive(a.path()).unwrap();
+        assert!(owners(&data).unwrap().contains(&(100_007, 100_008)));
+        let shifted = map_owners(&data, &mut |u, g| Ok((u + 1, g + 2))).unwrap();
+        let got = owners(&shifted).unwrap();
+        assert_eq!(got.len(), 3, "root, d and the long-named file: {got:?}");
+        assert!(got.contains(&(100_008, 100_010)), "{got:?}");
+        // The unmapped marker (u32::MAX) fits a GNU header and reads back.
+        let none = map_owners(&data, &mut |_, _| Ok((u64::from(u32::MAX), 5))).unwrap();
+        assert!(owners(&none)
+            .unwrap()
+            .iter()
+            .all(|o| *o == (u64::from(u32::MAX), 5)));
+        let b = tempfile::tempdir().unwrap();
+        extract(&shifted, b.path()).unwrap();
+        assert_eq!(
+            std::fs::read(b.path().join("d").join(&long)).unwrap(),
+            b"hello"
+        );
+        let md = std::fs::metadata(b.path().join("d")).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&md),
+                std::os::unix::fs::MetadataExt::gid(&md)
+            ),
+            (100_008, 100_010)
+        );
+        let e = map_owners(&data, &mut |_, _| Err(std::io::Error::other("no place"))).unwrap_err();
+        assert_eq!(e.to_string(), "no place");
     }
 }

@@ -1,7 +1,10 @@
 //! Which of the container's mounts are external to a checkpoint, by runc's convention (CRIU's
 //! `--ext-mount-map`): the config's bind mounts keyed by their destination, masked files keyed
 //! `/dev/null` (they are binds of it), the cgroup hierarchies bound into /sys/fs/cgroup keyed by
-//! their mountpoint. Their contents belong to the host; restore takes them from the config.
+//! their mountpoint, and device nodes bound from the host's devtmpfs keyed by their path (a
+//! container with its own user namespace cannot mknod, so the runtime binds /dev/null, /dev/zero
+//! and the other config devices from the host, as runc does; runc names them to CRIU the same
+//! way). Their contents belong to the host; restore takes them from the config.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +28,10 @@ pub fn external_mounts(pid: i32, config: &Path) -> Result<BTreeMap<String, Strin
     let info = std::fs::read_to_string(&mi).map_err(CrError::io("read", &mi))?;
     for mp in cgroup_binds(&info) {
         ext.insert(mp.clone(), mp);
+    }
+    for mp in device_binds(&info) {
+        // A masked file bound from /dev/null keeps its own key.
+        ext.entry(mp.clone()).or_insert(mp);
     }
     Ok(ext)
 }
@@ -76,6 +83,22 @@ pub fn cgroup_binds(mountinfo: &str) -> Vec<String> {
         .collect()
 }
 
+/// Mountpoints under /dev of device nodes bound from a devtmpfs, in a mountinfo text.
+pub fn device_binds(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut f = pre.split(' ');
+            let root = f.nth(3)?;
+            let mp = f.next()?;
+            let fstype = post.split(' ').next()?;
+            (fstype == "devtmpfs" && root != "/" && mp.starts_with("/dev/"))
+                .then(|| mp.replace("\\040", " "))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +133,14 @@ mod tests {
                   31 30 0:27 /ferry /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
                   32 25 0:5 / /proc rw - proc proc rw\n";
         assert_eq!(cgroup_binds(mi), vec!["/sys/fs/cgroup/pids".to_string()]);
+    }
+
+    #[test]
+    fn finds_device_binds() {
+        let mi = "84 80 0:41 / /dev rw - tmpfs tmpfs rw\n\
+                  85 84 0:5 /zero /dev/zero rw - devtmpfs devtmpfs rw\n\
+                  86 84 0:5 /null /dev/null rw - devtmpfs devtmpfs rw\n\
+                  87 80 0:5 / /host-dev rw - devtmpfs devtmpfs rw\n";
+        assert_eq!(device_binds(mi), ["/dev/zero", "/dev/null"]);
     }
 }

@@ -1,7 +1,8 @@
 //! `ferry restore`'s stages, all or nothing.
 //!
 //! 1. Checks before anything is made: options, the image directory (inventory and tree images,
-//!    descriptors.json and whether its stdio can be reconnected), the bundle.
+//!    descriptors.json and whether its stdio can be reconnected), the bundle (a user namespace
+//!    must have a place for every id of the images: `cr_userns`).
 //! 2. The container is built by libcontainer from the bundle's config (adjusted by `cr_spec`):
 //!    state directory, cgroups, namespaces, rootfs and mounts, with [`RestoreExecutor`] as its
 //!    init, which waits for `start`.
@@ -28,7 +29,7 @@ use super::cr_error::CrError;
 use super::cr_opts::RestoreOpts;
 use super::cr_paths::CrPaths;
 use super::executor::RestoreExecutor;
-use super::{cr_spec, cr_stdio, Ctx};
+use super::{cr_spec, cr_stdio, cr_userns, Ctx};
 
 /// How long the tree may take to reach the restorer (the engine's default).
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +72,6 @@ pub fn check_images(id: &str, dir: &Path) -> Result<Vec<String>, CrError> {
     if ids.pid_ns_id.is_none() {
         return Err(bad("the tree's root task has no pid namespace id".into()));
     }
-    ferry_engine::container::refuse_image_namespaces(&idir).map_err(|e| bad(e.to_string()))?;
     Ok(descs)
 }
 
@@ -203,6 +203,8 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         other => other,
     })?;
     let bundle = cr_spec::bundle_dir(opts.bundle.as_deref())?;
+    // A user namespace: the images' ids must all have a place in the config's mappings.
+    let userns = cr_userns::check(&bundle, &paths.images)?;
     // A terminal container's init gets a new console; its master goes to --console-socket.
     let console = cr_stdio::has_terminal(&descs)
         .then(|| opts.console_socket.clone())
@@ -220,7 +222,10 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     let rb = cr_spec::prepare(&bundle, console.is_some(), time.as_ref())?;
     std::fs::create_dir_all(&paths.work)
         .map_err(CrError::io("create work directory", &paths.work))?;
-    let images_fd = open_dir(&paths.images)?;
+    let images_fd = match &userns {
+        Some(ns) => cr_userns::idmapped_images(&paths.images, ns)?,
+        None => open_dir(&paths.images)?,
+    };
     let log_path = paths.work.join("restore.log");
     let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
     let (status_r, status_w) = status_channel()?;

@@ -72,8 +72,8 @@ impl Executor for FerryExecutor {
 /// The container init of a restore: runs `ferry_engine::pidns::inplace::restore_in_place`.
 ///
 /// It runs after pivot_root, where host paths are out of reach, so the image directory and the
-/// log come as fds opened by ferry before the container was built, reached through
-/// `/proc/self/fd/N` (the container's /proc, read only). `status_fd` is the init's end of the
+/// log come as fds opened by ferry before the container was built; the image directory is
+/// reached through `/proc/self/fd/N` (the container's /proc, read only). `status_fd` is the init's end of the
 /// socket pair whose other end ferry reads: the engine's in-place restore reports on it and
 /// ferry, outside the container's pid namespace, finishes the restore from there. On success
 /// it never returns: this process is the restored PID 1.
@@ -81,7 +81,7 @@ impl Executor for FerryExecutor {
 pub struct RestoreExecutor {
     /// The image directory, open (O_PATH) in ferry.
     pub images_fd: i32,
-    /// restore.log, open for writing in ferry.
+    /// restore.log, open for writing in ferry (used as it is).
     pub log_fd: i32,
     /// The init's end of ferry's status socket pair (SOCK_SEQPACKET).
     pub status_fd: i32,
@@ -100,15 +100,11 @@ impl Executor for RestoreExecutor {
         // SAFETY: ferry handed this fd to the init for the restore alone; the engine owns and
         // closes it from here.
         let chan = unsafe { std::os::fd::OwnedFd::from_raw_fd(self.status_fd) };
-        let log_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", self.log_fd));
-        let mut log = match Log::new(Some(&log_path), self.log_level) {
-            Ok(l) => l,
-            Err(e) => {
-                let msg = format!("restore.log in the container init: {e}");
-                ferry_engine::pidns::inplace::report_error(&chan, &msg);
-                return Err(ExecutorError::Other(msg));
-            }
-        };
+        // Written through ferry's own fd, never reopened: in a container with its own user
+        // namespace the init (its root) has no right to the host root's file.
+        // SAFETY: ferry opened the log for the init alone; the engine owns and closes it.
+        let log_file = unsafe { std::fs::File::from_raw_fd(self.log_fd) };
+        let mut log = Log::to(ferry_engine::log::Sink::File(log_file), self.log_level);
         let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
         opts.timeout = self.timeout;
         opts.inherit_fds = self.inherit_fds.clone();

@@ -20,6 +20,7 @@ mod cr_paths;
 mod cr_restore;
 mod cr_spec;
 mod cr_stdio;
+mod cr_userns;
 mod create;
 mod delete;
 mod events;
