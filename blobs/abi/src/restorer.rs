@@ -14,7 +14,7 @@ use core::mem::{offset_of, size_of};
 /// `RestorerArgs::magic`: "FRYR" little-endian.
 pub const RESTORER_MAGIC: u32 = u32::from_le_bytes(*b"FRYR");
 /// Bumped on any incompatible change of these types.
-pub const RESTORER_VERSION: u32 = 3;
+pub const RESTORER_VERSION: u32 = 4;
 /// Offset of a `syscall; int3` pair in the restorer blob: ferry runs the final `munmap` of the
 /// restorer range from here, under ptrace, after the task's `rt_sigreturn`.
 pub const RESTORER_SYSCALL_OFFSET: usize = 2;
@@ -184,6 +184,8 @@ pub mod step {
     pub const SIGQUEUE: u32 = 14;
     /// seccomp(SECCOMP_SET_MODE_FILTER) or prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT).
     pub const SECCOMP: u32 = 15;
+    /// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL / PR_CAP_AMBIENT_RAISE).
+    pub const AMBIENT: u32 = 16;
 }
 
 /// The block at `rdi` when the blob starts.
@@ -225,6 +227,9 @@ pub struct RestorerArgs {
     pub _pad: u32,
     /// effective lo/hi, permitted lo/hi, inheritable lo/hi (struct __user_cap_data_struct x2).
     pub caps: [u32; 6],
+    /// The ambient set (bit n = capability n), raised in every thread after `capset`: a uid
+    /// change away from 0 and a lowered permitted or inheritable set clear it, so it comes last.
+    pub ambient: u64,
 }
 
 const _: () = assert!(size_of::<Range>() == 16);
@@ -240,4 +245,5 @@ const _: () = assert!(offset_of!(ThreadArgs, frame) == 8);
 const _: () = assert!(offset_of!(ThreadArgs, stack_top) == 16);
 const _: () = assert!(offset_of!(RestorerArgs, mm_map) == 72);
 const _: () = assert!(offset_of!(RestorerArgs, caps) == 216);
-const _: () = assert!(size_of::<RestorerArgs>() == 240);
+const _: () = assert!(offset_of!(RestorerArgs, ambient) == 240);
+const _: () = assert!(size_of::<RestorerArgs>() == 248);

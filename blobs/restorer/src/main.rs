@@ -238,6 +238,22 @@ fn restore_thread(a: &RestorerArgs, t: &ThreadArgs) -> ! {
             sys::capset(hdr.as_ptr() as usize, data.as_ptr() as usize),
         );
     }
+    // The ambient set needs its capabilities in the permitted and inheritable sets just set; a
+    // set the restoring process had of its own is not the task's.
+    ok(
+        a,
+        step::AMBIENT,
+        sys::prctl(sys::PR_CAP_AMBIENT, sys::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0),
+    );
+    for cap in 0..64usize {
+        if a.ambient & (1u64 << cap) != 0 {
+            ok(
+                a,
+                step::AMBIENT,
+                sys::prctl(sys::PR_CAP_AMBIENT, sys::PR_CAP_AMBIENT_RAISE, cap, 0),
+            );
+        }
+    }
     ok(
         a,
         step::PDEATHSIG,

@@ -21,6 +21,9 @@ const NR_RT_TGSIGQUEUEINFO: usize = 297;
 const NR_SECCOMP: usize = 317;
 
 pub const PR_SET_PDEATHSIG: usize = 1;
+pub const PR_CAP_AMBIENT: usize = 47;
+pub const PR_CAP_AMBIENT_RAISE: usize = 2;
+pub const PR_CAP_AMBIENT_CLEAR_ALL: usize = 4;
 pub const PR_SET_NAME: usize = 15;
 pub const PR_SET_SECCOMP: usize = 22;
 pub const SECCOMP_MODE_STRICT: usize = 1;

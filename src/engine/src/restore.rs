@@ -143,6 +143,8 @@ pub struct TaskPlan {
     pub fds: Vec<pb::FdinfoEntry>,
     /// Capability sets for the restorer's capset.
     pub caps: Option<[u32; 6]>,
+    /// The ambient capability set (bit n = capability n), raised by the restorer.
+    pub ambient: u64,
     /// Child task indices.
     pub children: Vec<usize>,
     /// Bytes of argument arena.
@@ -296,6 +298,7 @@ fn read_tasks(dir: &ImageDir) -> Result<Vec<TaskPlan>, RestoreError> {
             fs: fsi,
             fds,
             caps: None,
+            ambient: 0,
             children,
             arena_size,
         });
@@ -342,6 +345,7 @@ fn check(
             .and_then(|c| c.creds.as_ref())
         {
             t.caps = creds::restore::check(pid, c).map_err(|e| task_err(e.to_string()))?;
+            t.ambient = creds::restore::ambient(c);
         }
         crate::seccomp::restore::check(&t.cores, seccomp).map_err(|e| task_err(e.to_string()))?;
         t.arena_size = (t.arena_size + crate::seccomp::restore::arena_need(&t.cores, seccomp))

@@ -230,6 +230,7 @@ pub(crate) fn prepare(plan: &Plan, i: usize) -> Result<(u64, u64), String> {
         has_caps: u32::from(t.caps.is_some()),
         _pad: 0,
         caps: t.caps.unwrap_or_default(),
+        ambient: t.ambient,
     };
     let at = arena.push(&[args], "argument block").map_err(err)?;
     let keep_fds: BTreeSet<i32> = [exe_fd].into_iter().collect();

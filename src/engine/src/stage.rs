@@ -298,6 +298,7 @@ fn blob_step_name(step: u32) -> &'static str {
         s::PDEATHSIG => "PR_SET_PDEATHSIG",
         s::SIGQUEUE => "rt_tgsigqueueinfo of a thread's pending signal",
         s::SECCOMP => "seccomp filter or strict mode install",
+        s::AMBIENT => "prctl(PR_CAP_AMBIENT) of the ambient capabilities",
         _ => "unknown",
     }
 }
@@ -324,6 +325,8 @@ mod tests {
             s::CAPSET,
             s::PDEATHSIG,
             s::SIGQUEUE,
+            s::SECCOMP,
+            s::AMBIENT,
         ] {
             assert_ne!(blob_step_name(st), "unknown", "step {st}");
         }

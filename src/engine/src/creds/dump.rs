@@ -3,7 +3,9 @@
 //! Kernel mechanism: /proc/PID/task/TID/status shows each thread's uid/gid quadruples,
 //! supplementary groups, the five capability sets and no_new_privs; securebits only
 //! `prctl(PR_GET_SECUREBITS)` in the thread returns (a remote syscall). Resource limits are per
-//! process and `prlimit(pid, ...)` reads them from outside.
+//! process and `prlimit(pid, ...)` reads them from outside; reading another user's limits that
+//! way needs CAP_SYS_RESOURCE, which root may lack (as on this project's CI machine), so then
+//! they are read from /proc/PID/limits, which anyone may read.
 
 use ferry_images::pb;
 
@@ -131,6 +133,13 @@ pub fn rlimits(pid: i32) -> Result<pb::TaskRlimitsEntry> {
         let r = unsafe { libc::prlimit(pid, resource as _, std::ptr::null(), &mut old) };
         if r != 0 {
             let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EPERM) {
+                return proc_limits(pid).map_err(|source| CredsError::Rlimit {
+                    pid,
+                    resource,
+                    source,
+                });
+            }
             return Err(CredsError::Rlimit {
                 pid,
                 resource,
@@ -145,9 +154,49 @@ pub fn rlimits(pid: i32) -> Result<pb::TaskRlimitsEntry> {
     Ok(pb::TaskRlimitsEntry { rlimits })
 }
 
+/// The limits as /proc/PID/limits shows them: a header, then one line per resource in
+/// RLIMIT_* order, `%-25s %-20s %-20s %-10s` (name, soft, hard, units), "unlimited" for
+/// RLIM_INFINITY.
+fn proc_limits(pid: i32) -> std::io::Result<pb::TaskRlimitsEntry> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    parse_limits(&text).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/limits: unexpected layout"),
+        )
+    })
+}
+
+fn parse_limits(text: &str) -> Option<pb::TaskRlimitsEntry> {
+    let value = |v: &str| match v.trim() {
+        "unlimited" => Some(libc::RLIM_INFINITY),
+        n => n.parse().ok(),
+    };
+    let rlimits = text
+        .lines()
+        .skip(1)
+        .take(RLIM_NLIMITS as usize)
+        .map(|l| {
+            Some(pb::RlimitEntry {
+                cur: value(l.get(26..46)?)?,
+                max: value(l.get(47..67)?)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (rlimits.len() == RLIM_NLIMITS as usize).then_some(pb::TaskRlimitsEntry { rlimits })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_limits_equal_prlimit() {
+        let me = std::process::id() as i32;
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        assert_eq!(parse_limits(&text).unwrap(), rlimits(me).unwrap());
+        assert!(parse_limits("Limit\nMax cpu time  x\n").is_none());
+    }
 
     #[test]
     fn parses_status() {

@@ -1,8 +1,10 @@
 //! Restore half of credentials and per-process limits, applied by the task's Rust half:
 //! personality, rlimits (raised only as far as the restoring process may: without
 //! CAP_SYS_RESOURCE a hard limit cannot go up, so it is clamped to the current one) and the
-//! capability sets. Bounding and ambient sets are set here; effective/permitted/inheritable are
-//! handed to the restorer, which calls `capset` after its own privileged steps.
+//! capability sets. The bounding set is set here; effective/permitted/inheritable are handed to
+//! the restorer, which calls `capset` after its own privileged steps and then raises the
+//! ambient set (a uid change away from 0, or a lowered permitted or inheritable set, clears it,
+//! so nothing earlier could hold it).
 //!
 //! Ids ([`set_ids`]): the task's Rust half takes the image's groups, gids and uids (as they
 //! are: in a container with its own user namespace the images hold them as seen inside, and
@@ -104,6 +106,11 @@ pub fn check(pid: u32, c: &pb::CredsEntry) -> Result<Option<[u32; 6]>, CredsErro
         ii as u32,
         (ii >> 32) as u32,
     ]))
+}
+
+/// The image's ambient set for the restorer (bit n = capability n).
+pub fn ambient(c: &pb::CredsEntry) -> u64 {
+    caps_of(&c.cap_amb)
 }
 
 fn own_groups() -> Vec<u32> {

@@ -363,6 +363,7 @@ mod tests {
             fs: None,
             fds: Vec::new(),
             caps: None,
+            ambient: 0,
             children: Vec::new(),
             arena_size: 0,
         }

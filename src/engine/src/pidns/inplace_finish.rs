@@ -260,6 +260,7 @@ fn read_tasks(images: &Path) -> Result<Vec<TaskPlan>, RestoreError> {
             fs: None,
             fds: Vec::new(),
             caps: None,
+            ambient: 0,
             children: Vec::new(),
             arena_size: 0,
         });

@@ -30,6 +30,7 @@ fn task(vmas: &[(u64, u64)]) -> TaskPlan {
         fs: None,
         fds: Vec::new(),
         caps: None,
+        ambient: 0,
         children: Vec::new(),
         arena_size: 0,
     }
