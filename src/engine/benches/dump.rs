@@ -5,9 +5,11 @@
 //! the guest just freed. Printed per size, minimum over all dumps: frozen time and GiB/s of page
 //! data over the frozen time; the minimum of the first dumps; the best vmsplice+splice bandwidth
 //! measured in the same run on a same-sized buffer of this process (one thread vmsplicing, one
-//! splicing into a /dev/shm file: the transfer ferry's drain does), and the ratio to it.
+//! splicing into a /dev/shm file: the transfer ferry's drain does), the ratio to it, and the
+//! time the pages-file reserve (`mem::reserve`) of that dump took before the freeze.
 //!
-//! `cargo bench -p ferry-engine --bench dump [-- SIZES_MIB...]`; env FERRY_BENCH_RUNS (3).
+//! `cargo bench -p ferry-engine --bench dump [-- SIZES_MIB...]`; env FERRY_BENCH_RUNS (3),
+//! FERRY_BENCH_LOG (set: each dump's stage log with timings on stderr).
 
 use std::fs::File;
 use std::io::Write;
@@ -148,6 +150,7 @@ struct Best {
     gibs: f64,
     first: Duration,
     splice: f64,
+    reserve: Duration,
 }
 
 impl Default for Best {
@@ -157,6 +160,7 @@ impl Default for Best {
             gibs: 0.0,
             first: Duration::MAX,
             splice: 0.0,
+            reserve: Duration::ZERO,
         }
     }
 }
@@ -175,6 +179,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let stage_log = std::env::var_os("FERRY_BENCH_LOG").is_some();
     let tmp = tempfile::tempdir().unwrap();
     let bin = build_memhog(tmp.path());
     let mut best = vec![Best::default(); sizes.len()];
@@ -189,7 +194,12 @@ fn main() {
                 let mut opts = DumpOptions::new(hog.child.id() as i32, &dir);
                 opts.leave_running = true;
                 opts.shell_job = true;
-                let r = dump(&opts, &mut DumpLog::none());
+                let mut log = if stage_log {
+                    DumpLog::new(None, 4, true)
+                } else {
+                    DumpLog::none()
+                };
+                let r = dump(&opts, &mut log);
                 let _ = std::fs::remove_dir_all(&dir);
                 let rep = match r {
                     Ok(r) => r,
@@ -200,8 +210,10 @@ fn main() {
                 };
                 let gibs = rep.page_bytes as f64 / GIB / rep.frozen_time.as_secs_f64();
                 eprintln!(
-                    "run {run} {mib:>5} MiB dump {attempt}: frozen {:>9.1} ms, {gibs:.2} GiB/s",
-                    rep.frozen_time.as_secs_f64() * 1e3
+                    "run {run} {mib:>5} MiB dump {attempt}: frozen {:>9.1} ms, {gibs:.2} GiB/s \
+                     (reserve before the freeze {:.1} ms)",
+                    rep.frozen_time.as_secs_f64() * 1e3,
+                    rep.reserve_time.as_secs_f64() * 1e3
                 );
                 let b = &mut best[i];
                 if attempt == 0 {
@@ -210,6 +222,7 @@ fn main() {
                 if rep.frozen_time < b.frozen {
                     b.frozen = rep.frozen_time;
                     b.gibs = gibs;
+                    b.reserve = rep.reserve_time;
                 }
             }
             let pass = hog.pass().unwrap_or(0);
@@ -228,8 +241,8 @@ fn main() {
     .unwrap();
     writeln!(
         o,
-        "{:>6} {:>10} {:>7} {:>15} {:>13} {:>6}",
-        "MiB", "frozen ms", "GiB/s", "1st-dump ms", "splice GiB/s", "ratio"
+        "{:>6} {:>10} {:>7} {:>15} {:>13} {:>6} {:>11}",
+        "MiB", "frozen ms", "GiB/s", "1st-dump ms", "splice GiB/s", "ratio", "reserve ms"
     )
     .unwrap();
     for (i, &mib) in sizes.iter().enumerate() {
@@ -240,12 +253,13 @@ fn main() {
         }
         writeln!(
             o,
-            "{mib:>6} {:>10.1} {:>7.2} {:>15.1} {:>13.2} {:>6.2}",
+            "{mib:>6} {:>10.1} {:>7.2} {:>15.1} {:>13.2} {:>6.2} {:>11.1}",
             b.frozen.as_secs_f64() * 1e3,
             b.gibs,
             b.first.as_secs_f64() * 1e3,
             b.splice,
-            b.gibs / b.splice
+            b.gibs / b.splice,
+            b.reserve.as_secs_f64() * 1e3
         )
         .unwrap();
     }

@@ -168,6 +168,8 @@ pub struct DumpReport {
     pub memwrite_time: Duration,
     /// Bytes of page data written.
     pub page_bytes: u64,
+    /// Time spent before the freeze allocating pages files ([`crate::mem::reserve`]).
+    pub reserve_time: Duration,
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DumpError + 'a {
@@ -258,6 +260,21 @@ fn dump_with(
         &format!("image directory {}", opts.images_dir.display()),
     );
 
+    // Pages files are allocated while the tree still runs, unless it is frozen already.
+    let t = Instant::now();
+    let reserve = if freezer.is_none() {
+        let r = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
+        log.stage(
+            "reserve",
+            t,
+            &format!("{} bytes for {} pages files", r.bytes, r.len()),
+        );
+        r
+    } else {
+        Default::default()
+    };
+    let reserve_time = t.elapsed();
+
     let t = Instant::now();
     let mut tree = match freezer.as_deref_mut() {
         None => freeze::freeze(opts.pid)?,
@@ -278,9 +295,11 @@ fn dump_with(
         ),
     );
     let mut ctx = Ctx::new(opts.images_dir.clone(), zero);
+    ctx.reserve = reserve;
     ctx.files.inet.tcp_established = opts.tcp_established;
     match write_images(&mut tree, &mut ctx, opts, log) {
         Ok(mut report) => {
+            report.reserve_time = reserve_time;
             // Every image is written and fsynced. A tree that stays alive may go on now, before
             // ferry's manifest is summed; a tree that dies waits for the manifest too.
             if opts.leave_running {

@@ -42,6 +42,8 @@ pub struct Ctx {
     pub memwrite: Duration,
     /// seccomp filters of every thread.
     pub seccomp: crate::seccomp::dump::SeccompTable,
+    /// Pages files allocated before the freeze.
+    pub reserve: crate::mem::reserve::Reserve,
     kobj: HashMap<i32, Vec<(i32, u32)>>,
     ns: HashMap<(usize, u64), u32>,
 }
@@ -59,6 +61,7 @@ impl Ctx {
             memdump: Duration::ZERO,
             memwrite: Duration::ZERO,
             seccomp: Default::default(),
+            reserve: Default::default(),
             kobj: HashMap::new(),
             ns: HashMap::new(),
         }
@@ -78,6 +81,14 @@ impl Ctx {
                 op: "create",
                 source,
             })
+    }
+
+    /// The private pages file of `pid`: its reserve if it has one, else a fresh file.
+    fn create_pages(&mut self, pid: i32, name: &str) -> Result<File, DumpError> {
+        match self.reserve.take(pid, &self.dir.join(name)) {
+            Some(f) => Ok(f),
+            None => self.create(name),
+        }
     }
 
     /// An id for kernel object `kind` (kcmp type) of `pid`, shared with any task kcmp finds
@@ -424,7 +435,7 @@ pub fn dump_task(
     let pages_id = ctx.next_pages_id;
     ctx.next_pages_id += 1;
     let pname = format!("pages-{pages_id}.img");
-    let out = ctx.create(&pname)?;
+    let out = ctx.create_pages(pid, &pname)?;
     let t1 = Instant::now();
     dump_pages::write(&mut parasite, &runs, &out, &pname, &mut stats)?;
     let mem = (t1 - t0, t1.elapsed(), stats.written);

@@ -32,6 +32,9 @@ fn dump_heap_leave_running() {
     assert_ok(&out, d.path());
     check_images(d.path());
     check_log(d.path());
+    // The pages file was allocated before the freeze (mem::reserve) and linked in.
+    let log = std::fs::read_to_string(d.path().join("dump.log")).unwrap();
+    assert!(log.contains(" for 1 pages files"), "{log}");
 
     let tree: Vec<pb::PstreeEntry> = all(d.path(), "pstree.img");
     assert_eq!(tree.len(), 1);

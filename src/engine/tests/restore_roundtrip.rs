@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use restore_common::*;
-use support::{dump_ok, restore_ok, spawn_session, wait_gone};
+use support::{dump_ok, restore_ok, spawn_session, spawn_session_to, wait_gone};
 
 /// Starts a fixture workload ([`spawn_session`]) and lets it set itself up; returns its pid.
 fn start(bin: &str) -> u32 {
@@ -503,4 +503,70 @@ fn roundtrip_shell_job_on_a_pty() {
     let sid = unsafe { libc::getsid(0) };
     assert_eq!(status_field(pid, "NSsid"), sid.to_string());
     drop(master);
+}
+
+/// A heap big enough for a pages file reserved before the freeze (`mem::reserve`), dumped into
+/// /dev/shm: the reserve becomes pages-1.img and the heap comes back byte for byte, twice, while
+/// the workload's own check of it goes on passing.
+#[test]
+fn roundtrip_big_heap_through_a_reserved_pages_file() {
+    let _g = lock();
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let bin = workload::build(
+        "dumpee.c",
+        "ferry-dumpee",
+        &["-O1", "-pthread", "-mavx2", "-Wall"],
+    );
+    let out_path = work.path().join("out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut c = Command::new(&bin);
+    c.args(["heap", "24"]);
+    let pid = spawn_session_to(c, Stdio::from(out), "dumpee heap");
+    let _k = Killer(vec![pid]);
+    let text = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let ticks = || text().lines().filter(|l| l.starts_with("tick ")).count();
+    let wait_ticks = |n: usize| {
+        let t = Instant::now();
+        while ticks() < n {
+            assert!(!text().contains("CORRUPT"), "{}", text());
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no ticks: {}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_ticks(1);
+    let ready = text().lines().next().unwrap().to_string();
+    let field = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {ready}"))
+            .to_string()
+    };
+    let buf = u64::from_str_radix(field("buf=").trim_start_matches("0x"), 16).unwrap();
+    let len: usize = field("len=").parse().unwrap();
+    for round in 0..2 {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        dump(pid, d.path());
+        let log = std::fs::read_to_string(d.path().join("dump.log")).unwrap();
+        assert!(
+            log.contains("stage reserve:") && log.contains(" for 1 pages files"),
+            "round {round}: {log}"
+        );
+        wait_gone(&[pid]);
+        restore_ok(d.path(), &format!("round {round}"));
+        let mem = read_mem(pid, buf, len);
+        let bad = mem
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b != (i % 251) as u8);
+        assert_eq!(bad, None, "round {round}: heap byte differs after restore");
+        assert_runs(pid);
+        // dumpee checks its heap every 10 ticks.
+        wait_ticks(ticks() + 12);
+    }
 }

@@ -8,10 +8,13 @@
 //! from one cursor: the parasite vmsplices a chunk into a pipe while ferry splices the pipe into
 //! the file at the chunk's offset (no copy through user space), and a helper thread copies its
 //! chunks with process_vm_readv into a small buffer and pwrite()s them, so both cores copy and
-//! the faster side does more. VMAs without PROT_READ (vmsplice would fault) are read through
-//! /proc/PID/mem, which may read them (FOLL_FORCE). Shared anonymous memory is a shmem
-//! file: opened through /proc/PID/map_files, its allocated ranges found with SEEK_DATA/SEEK_HOLE,
-//! and copied once per object into pagemap-shmem-INO.img and its own pages file.
+//! the faster side does more. Writes into one file take its inode lock in turn, so on tmpfs the
+//! page allocation inside each write is the serial part: the pages file is allocated before the
+//! freeze where it can be ([`super::reserve`]) and the frozen copy only fills it. VMAs without
+//! PROT_READ (vmsplice would fault) are read through /proc/PID/mem, which may read them
+//! (FOLL_FORCE). Shared anonymous memory is a shmem file: opened through /proc/PID/map_files,
+//! its allocated ranges found with SEEK_DATA/SEEK_HOLE, and copied once per object into
+//! pagemap-shmem-INO.img and its own pages file.
 
 use std::fs::File;
 use std::io;
@@ -238,7 +241,8 @@ fn chunks(runs: &[Run], size: u64) -> Vec<Chunk> {
     out
 }
 
-/// Moves the pages of `runs` into `out` (a fresh pages file) in order; returns bytes written.
+/// Moves the pages of `runs` into `out` (a fresh or reserved pages file, sized here to the
+/// pages) in order; returns bytes written.
 ///
 /// Both cores work: the file is cut into chunks which two sides take from one cursor, each
 /// writing its chunk at the chunk's offset. This thread drains its chunks through the parasite

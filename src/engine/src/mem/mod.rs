@@ -2,5 +2,6 @@
 
 pub mod dump;
 pub mod dump_pages;
+pub mod reserve;
 pub mod restore;
 pub mod shared;
