@@ -245,6 +245,14 @@ fn frozen_checkpoint(
     freezer: &mut dyn Freezer,
     log: &mut DumpLog,
 ) -> Result<DumpReport, ContainerError> {
+    // Pages files are allocated while the container still runs: the frozen copy only fills them.
+    let t = Instant::now();
+    let reserve = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
+    log.stage(
+        "reserve",
+        t,
+        &format!("{} bytes for {} pages files", reserve.bytes, reserve.len()),
+    );
     let t = Instant::now();
     freezer
         .freeze()
@@ -258,6 +266,7 @@ fn frozen_checkpoint(
             &dump_options(opts),
             log,
             freezer,
+            reserve,
         )?)
     });
     if r.is_err() {

@@ -213,7 +213,7 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpError> {
-    dump_with(opts, log, None)
+    dump_with(opts, log, None, None)
 }
 
 /// Dumps the tree rooted at `opts.pid`, whose cgroup `freezer` holds frozen on entry: the tree
@@ -222,12 +222,16 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
 /// container) is frozen again before the tree is let go, after a success with
 /// `leave_running` as after an error. On an error before the seize the cgroup is left as the
 /// caller froze it.
+///
+/// `reserve`: the pages files the caller allocated before it froze the cgroup
+/// ([`crate::mem::reserve::Reserve::make`]; empty for none).
 pub fn dump_in_frozen_cgroup(
     opts: &DumpOptions,
     log: &mut DumpLog,
     freezer: &mut dyn freeze::Freezer,
+    reserve: crate::mem::reserve::Reserve,
 ) -> Result<DumpReport, DumpError> {
-    dump_with(opts, log, Some(freezer))
+    dump_with(opts, log, Some(freezer), Some(reserve))
 }
 
 /// Freezes a paused container's cgroup again before its tasks are detached.
@@ -246,6 +250,7 @@ fn dump_with(
     opts: &DumpOptions,
     log: &mut DumpLog,
     mut freezer: Option<&mut dyn freeze::Freezer>,
+    reserved: Option<crate::mem::reserve::Reserve>,
 ) -> Result<DumpReport, DumpError> {
     let t = Instant::now();
     check_session(opts)?;
@@ -260,9 +265,10 @@ fn dump_with(
         &format!("image directory {}", opts.images_dir.display()),
     );
 
-    // Pages files are allocated while the tree still runs, unless it is frozen already.
+    // Pages files are allocated while the tree still runs (a caller that froze the tree's
+    // cgroup made them before it did).
     let t = Instant::now();
-    let reserve = if freezer.is_none() {
+    let reserve = reserved.unwrap_or_else(|| {
         let r = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
         log.stage(
             "reserve",
@@ -270,9 +276,7 @@ fn dump_with(
             &format!("{} bytes for {} pages files", r.bytes, r.len()),
         );
         r
-    } else {
-        Default::default()
-    };
+    });
     let reserve_time = t.elapsed();
 
     let t = Instant::now();

@@ -212,8 +212,9 @@ fn run(v2: bool) {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
         let mut opts = DumpOptions::new(pid, d.path());
         opts.leave_running = true;
-        let report = dump_in_frozen_cgroup(&opts, &mut DumpLog::none(), &mut cg)
-            .unwrap_or_else(|e| panic!("{case}: dump: {e}"));
+        let report =
+            dump_in_frozen_cgroup(&opts, &mut DumpLog::none(), &mut cg, Default::default())
+                .unwrap_or_else(|e| panic!("{case}: dump: {e}"));
         assert_eq!(
             report.tasks, 2,
             "{case}: the loop and its stopped child, not the other process"
