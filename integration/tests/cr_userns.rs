@@ -18,30 +18,11 @@ use ferry_integration::cmd::wait_until;
 use ferry_integration::{Bundle, TestEnv};
 use serde_json::json;
 
-/// lchown -R of `dir`, every owner shifted by `delta` (a rootfs handed to a mapped range).
-fn shift_owners(dir: &Path, delta: i64) {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(dir).unwrap();
-    let s = |id: u32| Some((i64::from(id) + delta) as u32);
-    std::os::unix::fs::lchown(dir, s(md.uid()), s(md.gid())).unwrap();
-    if md.is_dir() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            shift_owners(&e.path(), delta);
-        }
-    }
-}
-
 /// Gives bundle `b` a user namespace mapping 0..size to `host`.., its rootfs shifted by
-/// `shift` to match.
-fn userns_bundle(b: &Bundle, host: u32, size: u32, shift: i64) {
+/// `shift` to match, and the capabilities the workload's init needs inside.
+fn userns_workload_bundle(b: &Bundle, host: u32, size: u32, shift: i64) {
+    userns_bundle(b, host, size, shift);
     b.edit_config(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        let m = json!([{"containerID": 0, "hostID": host, "size": size}]);
-        c["linux"]["uidMappings"] = m.clone();
-        c["linux"]["gidMappings"] = m;
         // What the workload's init needs inside to hand things to uid 1000 and become it.
         let caps = json!([
             "CAP_CHOWN",
@@ -55,7 +36,6 @@ fn userns_bundle(b: &Bundle, host: u32, size: u32, shift: i64) {
         }
         c["process"]["capabilities"]["ambient"] = json!([]);
     });
-    shift_owners(&b.rootfs(), shift);
 }
 
 type Report = BTreeMap<String, String>;
@@ -193,7 +173,7 @@ fn assert_userns_image(img: &Path, host: u32) {
 fn start(env: &TestEnv, id: &str) -> Bundle {
     let b = env.bundle(id, &["userns_ids", TICK_MS]);
     build_workload(&b, "userns_ids");
-    userns_bundle(&b, 100000, 65536, 100000);
+    userns_workload_bundle(&b, 100000, 65536, 100000);
     run_detached(env, &b);
     let (init, child) = reports_past(&b, (0, 0));
     assert_inside_view(&init, &child, 100000, "before any checkpoint");
@@ -255,7 +235,7 @@ fn migrated_bundle(
     for f in ["/report-init", "/home/u/report-child"] {
         let _ = std::fs::remove_file(b2.rootfs().join(f.trim_start_matches('/')));
     }
-    userns_bundle(&b2, host, size, shift);
+    userns_workload_bundle(&b2, host, size, shift);
     b2
 }
 

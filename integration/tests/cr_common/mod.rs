@@ -324,3 +324,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// lchown -R of `dir`, every owner shifted by `delta` (a rootfs handed to a mapped range).
+pub fn shift_owners(dir: &Path, delta: i64) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(dir).unwrap();
+    let s = |id: u32| Some((i64::from(id) + delta) as u32);
+    std::os::unix::fs::lchown(dir, s(md.uid()), s(md.gid())).unwrap();
+    if md.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            shift_owners(&e.path(), delta);
+        }
+    }
+}
+
+/// Gives bundle `b` a user namespace mapping ids 0..size to `host`.. (uid and gid), its rootfs
+/// shifted by `shift` to match, as podman `--uidmap` and Kubernetes `hostUsers: false` do.
+pub fn userns_bundle(b: &Bundle, host: u32, size: u32, shift: i64) {
+    b.edit_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        let m = serde_json::json!([{"containerID": 0, "hostID": host, "size": size}]);
+        c["linux"]["uidMappings"] = m.clone();
+        c["linux"]["gidMappings"] = m;
+    });
+    shift_owners(&b.rootfs(), shift);
+}

@@ -1,5 +1,5 @@
 //! `ferry exec`: run a new process inside a running container (libcontainer's tenant builder
-//! joins its namespaces and cgroup). Attached, ferry forwards signals and exits with the
+//! joins its namespaces and cgroup; ferry's executor its user namespace, exec_userns.rs). Attached, ferry forwards signals and exits with the
 //! process's code; `-d` returns at once.
 
 use std::collections::HashMap;
@@ -45,8 +45,9 @@ pub(super) fn parse_env(env: &[String]) -> HashMap<String, String> {
 
 /// The exec'd process without `-p`, built as runc builds it: the container's own process with
 /// the flags laid over it. Handed to libcontainer as a process.json where its own flag handling
-/// cannot express the process: `-t` (libcontainer takes a terminal only from a file), and a
-/// container with a seccomp profile (whose capabilities exec_seccomp.rs widens for the load).
+/// cannot express the process: `-t` (libcontainer takes a terminal only from a file), a
+/// container with a seccomp profile (whose capabilities exec_seccomp.rs widens for the load),
+/// and one with a user namespace (whose user and capabilities exec_userns.rs takes over).
 fn flags_process(a: &ExecArgs, bundle: &std::path::Path) -> Result<Process> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).map_err(Error::spec(format!("load {}", config.display())))?;
@@ -59,18 +60,19 @@ fn flags_process(a: &ExecArgs, bundle: &std::path::Path) -> Result<Process> {
     if let Some(cwd) = &a.cwd {
         process.set_cwd(cwd.clone());
     }
+    let mut user = process.user().clone();
     if let Some(u) = &a.user {
         let (uid, gid) = parse_user(u)?;
-        let mut user = process.user().clone();
         user.set_uid(uid);
         if let Some(gid) = gid {
             user.set_gid(gid);
         }
-        if !a.additional_gids.is_empty() {
-            user.set_additional_gids(Some(a.additional_gids.clone()));
-        }
-        process.set_user(user);
     }
+    // runc: `--additional-gids` with or without `--user`.
+    if !a.additional_gids.is_empty() {
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    process.set_user(user);
     if !a.cap.is_empty() {
         add_caps(&mut process, &a.cap)?;
     }
@@ -176,15 +178,32 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
     };
     let config = super::nnp::read_config(container.bundle())?;
     let seccomp = super::nnp::has_seccomp(&config);
+    let userns = super::exec_userns::has_userns(&config);
     let mut own = match &a.process {
-        Some(p) if seccomp => Some(read_process(p)?),
+        Some(p) if seccomp || userns => Some(read_process(p)?),
         Some(_) => None,
-        None if a.tty || seccomp => Some(flags_process(a, container.bundle())?),
+        None if a.tty || seccomp || userns => Some(flags_process(a, container.bundle())?),
         None => None,
     };
     let filter = match own.as_mut() {
         Some(p) => super::exec_seccomp::prepare(&config, p)?,
         None => None,
+    };
+    // After the seccomp step: the capabilities it widened for the load are the ones the
+    // process holds in the user namespace until the filter is in.
+    let (join, ns_fd) = match own.as_mut() {
+        Some(p) if userns => {
+            let pid = container.pid().ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "exec in container {id}: its state names no init pid"
+                ))
+            })?;
+            match super::exec_userns::prepare(&config, pid.as_raw(), p)? {
+                Some((join, fd)) => (Some(join), Some(fd)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
     };
     let written = own
         .map(|p| write_process(&p, &ctx.container_dir(id)))
@@ -205,7 +224,10 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         .or_else(|| a.console_socket.clone());
     let stage = format!("exec in container {id}");
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(FerryExecutor { seccomp: filter })
+        .with_executor(FerryExecutor {
+            seccomp: filter,
+            userns: join,
+        })
         .with_root_path(&ctx.root)
         .map_err(Error::container(stage.clone()))?
         .with_console_socket(console.as_ref())
@@ -233,6 +255,7 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         .build()
         .map_err(Error::container(stage))?;
     drop(written);
+    drop(ns_fd);
     if a.detach {
         return Ok(0);
     }

@@ -7,8 +7,9 @@
 //! the container's /dev/null, but opens it read-only, so a process started with stdout or
 //! stderr on /dev/null (containerd's null IO, `ferry run >/dev/null`) gets EBADF on every write.
 //! runc keeps such fds writable; so do we, by reopening /dev/null read-write over them.
-//! For `ferry exec` it also loads the container's seccomp filter, which libcontainer's exec
-//! leaves out (see exec_seccomp.rs).
+//! For `ferry exec` it also joins the container's user namespace and becomes the process's
+//! user there, which libcontainer's exec leaves out (see exec_userns.rs), then loads the
+//! container's seccomp filter, which it leaves out too (see exec_seccomp.rs).
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -20,6 +21,8 @@ use nix::sys::stat::{fstat, major, minor, Mode, SFlag};
 pub struct FerryExecutor {
     /// An exec'd process's seccomp filter, loaded just before execve.
     pub seccomp: Option<super::exec_seccomp::ExecSeccomp>,
+    /// An exec'd process's entry into the container's user namespace, before the filter.
+    pub userns: Option<super::exec_userns::ExecUserns>,
 }
 
 /// Whether `fd` is a read-only /dev/null (character device 1:3).
@@ -58,6 +61,9 @@ fn repair_dev_null_stdio() {
 impl Executor for FerryExecutor {
     fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
         repair_dev_null_stdio();
+        if let Some(u) = &self.userns {
+            u.apply().map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
         if let Some(s) = &self.seccomp {
             s.apply().map_err(ExecutorError::Other)?;
         }

@@ -26,6 +26,7 @@ mod delete;
 mod events;
 mod exec;
 mod exec_seccomp;
+mod exec_userns;
 mod features;
 mod kill;
 mod list;
