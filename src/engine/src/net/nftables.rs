@@ -11,9 +11,9 @@
 //! waits for the kernel to free the table after an RCU grace period.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::netlink::{put_attr, put_nested};
+use super::netlink::{open_socket, put_attr, put_nested};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -94,37 +94,7 @@ fn put_expr(b: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
 impl Nft {
     /// Opens a socket in the current thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A kernel that never answers becomes an error after 10 s, not a hang.
-        let tv = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a pointer to a live timeval and its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = open_socket(libc::NETLINK_NETFILTER)?;
         Ok(Self { fd, seq: 0 })
     }
 
