@@ -306,3 +306,108 @@ fn cr_userns_restore_under_another_mapping_and_a_too_small_one_fails_cleanly() {
     assert_nothing_left(&env, &b2, &id2);
     assert_no_state(&env, &id);
 }
+
+/// Mounts of ferry's bind staging in the host's mount table, and staging directories of
+/// container `id` left in /run/ferry-staging.
+fn staging_left(id: &str) -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/run/ferry-staging/"))
+        .map(String::from)
+        .collect();
+    for e in std::fs::read_dir("/run/ferry-staging")
+        .into_iter()
+        .flatten()
+    {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{id}-")) {
+            left.push(name);
+        }
+    }
+    left
+}
+
+/// The container's mountinfo line for `dest`.
+fn mount_line(pid: i32, dest: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(dest))
+        .unwrap_or_else(|| panic!("no mount at {dest} in the container"))
+        .to_string()
+}
+
+/// Bind mounts from a directory only host root may enter (0700, like podman's per-container
+/// directories) into a container whose root is host uid 100000: ferry stages them (see
+/// bind_stage.rs), so they are there inside, the same file and directory, read-only as the
+/// config says; after checkpoint and restore (twice) too; and no staging mount or directory
+/// is left at any point.
+#[test]
+fn cr_userns_binds_from_a_root_only_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new("crubind");
+    let id = env.id("b");
+    let b = counter_bundle(&env, &id);
+    userns_bundle(&b, 100000, 65536, 100000);
+    let secret = env.dir.join("secret");
+    std::fs::create_dir_all(secret.join("dir")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secret.join("file"), "file content\n").unwrap();
+    std::fs::write(secret.join("dir/inner"), "dir content\n").unwrap();
+    let src = |p: &str| secret.join(p).to_str().unwrap().to_string();
+    // The mount's root within its filesystem: the tail of the source's real path.
+    let root_of = |p: &str, line: &str| {
+        let real = std::fs::canonicalize(secret.join(p)).unwrap();
+        let root = line.split(' ').nth(3).unwrap().to_string();
+        assert!(
+            root.ends_with(&format!("/secret/{p}")) && real.ends_with(root.trim_start_matches('/')),
+            "mount root {root} is not {}: {line}",
+            real.display()
+        );
+    };
+    b.edit_config(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/bound-file", "type": "bind",
+            "source": src("file"), "options": ["bind", "ro"]}));
+        m.push(json!({"destination": "/bound-dir", "type": "bind",
+            "source": src("dir"), "options": ["rbind", "rprivate"]}));
+    });
+    let check = |what: &str| {
+        let o = env
+            .ferry(&["exec", &id, "cat", "/bound-file", "/bound-dir/inner"])
+            .ok();
+        assert_eq!(o.stdout, "file content\ndir content\n", "{what}");
+        let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+        // The source's own file and directory (the mount's root within its filesystem).
+        let f = mount_line(pid, "/bound-file");
+        root_of("file", &f);
+        assert!(
+            f.split(' ').nth(5).unwrap().starts_with("ro,"),
+            "{what}: {f}"
+        );
+        let d = mount_line(pid, "/bound-dir");
+        root_of("dir", &d);
+        assert!(
+            d.split(' ').nth(5).unwrap().starts_with("rw,"),
+            "{what}: {d}"
+        );
+        assert!(
+            staging_left(&id).is_empty(),
+            "{what}: {:?}",
+            staging_left(&id)
+        );
+    };
+    start_counter(&env, &b);
+    check("after run");
+    for round in 1..=2 {
+        let img = env.dir.join(format!("img-{round}"));
+        checkpoint(&env, &id, &img, &[]).ok();
+        let stopped = settled_count(&b);
+        restore(&env, &b, &id, &img, &[]).ok();
+        assert_counts_on_from(&b, stopped);
+        check(&format!("after restore {round}"));
+    }
+    force_delete_and_check(&env, &b, &id);
+    assert!(staging_left(&id).is_empty(), "{:?}", staging_left(&id));
+}

@@ -168,3 +168,87 @@ fn exec_in_a_stopped_container_fails() {
     env.wait_status(&id, "stopped", T);
     env.ferry(&["exec", &id, "true"]).failed();
 }
+
+/// The `Groups:` of /proc/PID/status (`self` for the reading process), trimmed.
+fn groups_line(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .expect("a Groups: line")
+        .trim()
+        .to_string()
+}
+
+/// ferry `ARGS` run by `setpriv --groups 4,24`: ferry itself holding supplementary groups.
+fn with_groups(env: &TestEnv, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--groups", "4,24", "--"])
+        .arg(&env.bin)
+        .arg("--root")
+        .arg(&env.root)
+        .current_dir(&env.dir)
+        .args(args);
+    c
+}
+
+/// runc's rule: the container's init and an exec'd process hold exactly the process's
+/// additionalGids (none: none), never the supplementary groups of the runtime that made them.
+#[test]
+fn exec_and_init_hold_the_processs_groups_not_ferrys() {
+    use ferry_integration::cmd;
+    let env = TestEnv::new("execgrp");
+    // The caller's groups are really there (else the test proves nothing).
+    let o = cmd::run(
+        std::process::Command::new("setpriv").args([
+            "--groups",
+            "4,24",
+            "--",
+            "cat",
+            "/proc/self/status",
+        ]),
+        T,
+    )
+    .ok();
+    assert_eq!(groups_line(&o.stdout), "4 24");
+
+    let id = env.id("g");
+    let b = env.bundle(&id, &["counter", "/count", "100"]);
+    let bundle = b.path.to_str().unwrap();
+    let mut c = with_groups(&env, &["create", "--bundle", bundle, &id]);
+    let log = |p: std::path::PathBuf| fs::File::create(p).unwrap();
+    c.stdin(std::process::Stdio::null())
+        .stdout(log(b.stdout_path()))
+        .stderr(log(b.stderr_path()));
+    let o = cmd::run_with_stdio(&mut c, T);
+    env.track_id(&id);
+    assert!(o.success(), "create under setpriv: {o}\n{}", b.stdout());
+    env.ferry(&["start", &id]).ok();
+    let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+    env.track_pid(pid);
+    let init = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(groups_line(&init), "", "the init's groups");
+
+    let o = cmd::run(
+        &mut with_groups(&env, &["exec", &id, "cat", "/proc/self/status"]),
+        T,
+    )
+    .ok();
+    assert_eq!(groups_line(&o.stdout), "", "an exec'd process's groups");
+    let o = cmd::run(
+        &mut with_groups(
+            &env,
+            &[
+                "exec",
+                "--additional-gids",
+                "7",
+                &id,
+                "cat",
+                "/proc/self/status",
+            ],
+        ),
+        T,
+    )
+    .ok();
+    assert_eq!(groups_line(&o.stdout), "7", "exec --additional-gids 7");
+    env.ferry(&["delete", "-f", &id]).ok();
+}

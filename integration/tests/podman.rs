@@ -623,3 +623,102 @@ fn podman_imports_a_checkpoint_under_a_new_name() {
     pm.run(&["rm", &name, &other]).ok();
     pm.run(&["rmi", image]).ok();
 }
+
+/// Mounts of ferry's bind staging (`/run/ferry-staging`) in the host's mount table, and staging
+/// directories of container `cid` left in it.
+fn staging_left(cid: &str) -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/run/ferry-staging/"))
+        .map(String::from)
+        .collect();
+    for e in std::fs::read_dir("/run/ferry-staging")
+        .into_iter()
+        .flatten()
+    {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with(cid) {
+            left.push(name);
+        }
+    }
+    left
+}
+
+/// `podman exec NAME ARGS...` that must succeed; its stdout with runs of blanks made one space.
+#[track_caller]
+fn exec_words(pm: &Podman, name: &str, args: &[&str]) -> String {
+    let mut all = vec!["exec", name];
+    all.extend_from_slice(args);
+    let o = pm.run(&all).ok();
+    o.stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// podman `--uidmap`/`--gidmap` (its own user namespace, 0 -> 100000): podman binds
+/// /etc/hostname, /etc/hosts, /run/.containerenv and /dev/shm from its 0700 per-container
+/// directories, which the container's root (host uid 100000) cannot enter; ferry stages them
+/// (bind_stage.rs). The container runs, `podman exec` sees the mapping and podman's files, and
+/// `podman container checkpoint` / `restore` bring it back twice with the mapping intact.
+#[test]
+fn podman_runs_execs_and_checkpoints_a_uidmap_container_with_ferry() {
+    let env = TestEnv::new("pmuid");
+    let rootfs = rootfs_copy(&env);
+    cmd::run(
+        Command::new("chown")
+            .args(["-hR", "100000:100000"])
+            .arg(&rootfs),
+        T,
+    )
+    .ok();
+    let mut pm = Podman::new(&env);
+    let mut extra = vec!["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    extra.extend_from_slice(UNCONFINED);
+    let (name, cid) = pm.run_counter(&rootfs, "u", &extra);
+    wait_count(&rootfs, 3);
+    let map = "0 100000 65536";
+    assert_eq!(exec_words(&pm, &name, &["cat", "/proc/self/uid_map"]), map);
+    assert_eq!(exec_words(&pm, &name, &["cat", "/proc/self/gid_map"]), map);
+    let id = exec_words(&pm, &name, &["id"]);
+    assert!(id.starts_with("uid=0(root) gid=0(root)"), "id: {id}");
+    // podman's files, bound from its 0700 directories.
+    assert_eq!(
+        exec_words(&pm, &name, &["cat", "/etc/hostname"]),
+        &cid[..12]
+    );
+    let hosts = exec_words(&pm, &name, &["cat", "/etc/hosts"]);
+    assert!(hosts.contains("localhost"), "/etc/hosts: {hosts}");
+    // Empty for an unprivileged container, but there.
+    pm.run(&["exec", &name, "test", "-f", "/run/.containerenv"])
+        .ok();
+    assert!(staging_left(&cid).is_empty(), "{:?}", staging_left(&cid));
+
+    pm.path_first = Some(criu_dir(&env, "ferry", &env.bin));
+    for round in 1..=2 {
+        pm.run(&["container", "checkpoint", &name]).ok();
+        assert_eq!(pm.status(&name), "exited", "round {round}");
+        let stopped = settle_and_clear(&rootfs);
+        pm.run(&["container", "restore", &name]).ok();
+        assert_eq!(pm.status(&name), "running", "round {round}");
+        pm.track_runtime_pid(&cid);
+        let first = assert_counts_on(&rootfs, stopped);
+        wait_count(&rootfs, first + 2);
+        for m in ["uid_map", "gid_map"] {
+            assert_eq!(
+                exec_words(&pm, &name, &["cat", &format!("/proc/1/{m}")]),
+                map,
+                "round {round}: the restored init's {m}"
+            );
+        }
+        assert_eq!(
+            exec_words(&pm, &name, &["cat", "/etc/hostname"]),
+            &cid[..12],
+            "round {round}"
+        );
+        assert!(staging_left(&cid).is_empty(), "{:?}", staging_left(&cid));
+    }
+
+    pm.stop_cleanly(&name);
+    pm.run(&["rm", &name]).ok();
+    pm.assert_gone_from_ferry(&cid);
+    assert!(staging_left(&cid).is_empty(), "{:?}", staging_left(&cid));
+}

@@ -219,7 +219,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
             path: paths.images.clone(),
             problem,
         })?;
-    let rb = cr_spec::prepare(&bundle, console.is_some(), time.as_ref())?;
+    let mut rb = cr_spec::prepare((&ctx.root, id), &bundle, console.is_some(), time.as_ref())?;
     std::fs::create_dir_all(&paths.work)
         .map_err(CrError::io("create work directory", &paths.work))?;
     let images_fd = match &userns {
@@ -238,6 +238,8 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         inherit_fds,
     };
     let built = build(ctx, id, rb.path(), opts.no_pivot, console.as_deref(), exec);
+    // The init has made the mounts (or failed): the container's copies are its own.
+    rb.release_staged();
     // The init holds its own copies now; ours must go so that EOF means the init is gone.
     drop(status_w);
     drop(log_file);

@@ -9,7 +9,8 @@
 //! hostname, devices, hooks) and differs only in: the init's capabilities (ferry's permitted set),
 //! no seccomp, no LSM labels, no terminal (stdio comes from descriptors.json; a terminal
 //! container gets a new console whose slave stands for its old terminal), and absolute
-//! rootfs and bind-source paths (the config is written outside the bundle).
+//! rootfs and bind-source paths (the config is written outside the bundle), with the sources a
+//! mapped root could not reach staged (bind_stage.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ use super::cr_error::CrError;
 /// A config written for one restore, removed on drop.
 pub struct RestoreBundle {
     dir: tempfile::TempDir,
+    /// Bind sources staged for a mapped root (bind_stage.rs), until the mounts are made.
+    staged: Option<super::bind_stage::Staged>,
 }
 
 impl RestoreBundle {
@@ -27,13 +30,20 @@ impl RestoreBundle {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Detaches the staged bind sources: the container's mounts are made.
+    pub fn release_staged(&mut self) {
+        self.staged = None;
+    }
 }
 
 /// Writes the restore config for `bundle` into a fresh temporary directory; with `terminal`
 /// the init gets a new console (a terminal container restored with `--console-socket`); with
 /// `time` (the images' clocks, a tree in its own time namespace) the config's time namespace
-/// gets the offsets that make its clocks go on from the images'.
+/// gets the offsets that make its clocks go on from the images'. Bind sources the mapped root
+/// of a user namespace could not reach are staged for container `id` under state root `root`.
 pub fn prepare(
+    (root, id): (&Path, &str),
     bundle: &Path,
     terminal: bool,
     time: Option<&ferry_engine::container::TimeOffsets>,
@@ -55,6 +65,7 @@ pub fn prepare(
             what,
         })?;
     }
+    let staged = super::bind_stage::stage(root, id, &mut spec)?;
     let dir = tempfile::Builder::new()
         .prefix("ferry-restore-")
         .tempdir()
@@ -65,7 +76,7 @@ pub fn prepare(
         source,
     })?;
     std::fs::write(&out, bytes).map_err(CrError::io("write restore config", &out))?;
-    Ok(RestoreBundle { dir })
+    Ok(RestoreBundle { dir, staged })
 }
 
 fn own_capabilities() -> Result<Vec<String>, CrError> {

@@ -61,9 +61,15 @@ pub(super) fn build(
         tracing::debug!("--no-new-keyring: libcontainer creates no session keyring to skip");
     }
     ctx.ensure_root()?;
-    // An explicit `noNewPrivileges: false` with seccomp: libcontainer builds from a view of the
-    // config without the key (see nnp.rs), and the state then names the caller's bundle again.
-    let view = super::nnp::init_view(&bundle)?;
+    super::drop_own_groups("create")?;
+    // An explicit `noNewPrivileges: false` with seccomp, or staged bind sources: libcontainer
+    // builds from a view of the config (see nnp.rs), and the state then names the caller's
+    // bundle again.
+    let mut config = super::nnp::read_config(&bundle)?;
+    // Bind sources the container's mapped root could not reach, staged where it can (see
+    // bind_stage.rs) until libcontainer has made the container's mounts.
+    let staged = super::bind_stage::stage(&ctx.root, id, &mut config).map_err(Error::from)?;
+    let view = super::nnp::view_of(&bundle, config, staged.is_some())?;
     let stage = format!("create container {id}");
     let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(FerryExecutor::default())
@@ -81,6 +87,8 @@ pub(super) fn build(
         .with_no_pivot(a.no_pivot)
         .build()
         .map_err(Error::container(stage))?;
+    // The init has made its mounts (it waits for start now): its copies are its own.
+    drop(staged);
     if view.is_some() {
         if let Err(e) = super::nnp::restore_bundle(&mut container, bundle) {
             let _ = container.delete(true);

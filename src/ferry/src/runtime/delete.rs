@@ -30,6 +30,7 @@ pub(super) fn run(ctx: &Ctx, a: &DeleteArgs) -> Result<()> {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(Error::io("remove state directory", &dir))?;
             }
+            super::bind_stage::clean_leftovers(&ctx.root, id);
             return if a.force {
                 Ok(())
             } else {
@@ -41,7 +42,10 @@ pub(super) fn run(ctx: &Ctx, a: &DeleteArgs) -> Result<()> {
     let force = plan(id, container.status(), a.force)?;
     container
         .delete(force)
-        .map_err(Error::container(format!("delete container {id}")))
+        .map_err(Error::container(format!("delete container {id}")))?;
+    // Bind sources a create killed midway left staged (bind_stage.rs).
+    super::bind_stage::clean_leftovers(&ctx.root, id);
+    Ok(())
 }
 
 #[cfg(test)]

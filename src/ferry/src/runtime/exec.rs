@@ -222,6 +222,7 @@ pub(super) fn run(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         .as_ref()
         .map(|r| r.path().clone())
         .or_else(|| a.console_socket.clone());
+    super::drop_own_groups("exec")?;
     let stage = format!("exec in container {id}");
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(FerryExecutor {

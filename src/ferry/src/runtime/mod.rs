@@ -12,6 +12,7 @@ pub mod foreground;
 pub mod signal;
 pub mod state;
 
+mod bind_stage;
 mod checkpoint;
 mod cr_error;
 mod cr_freezer;
@@ -133,6 +134,26 @@ pub fn status_word(status: ContainerStatus) -> &'static str {
 /// Makes a path absolute against the current directory without resolving links.
 pub fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(Error::io("resolve path", path))
+}
+
+/// Leaves ferry, and so the processes libcontainer forks from it, without supplementary
+/// groups. libcontainer 0.7 calls setgroups for a container's init or an exec'd process only
+/// when it has additional gids, so one without kept ferry's own; runc gives it exactly its
+/// list (none: none). ferry, root, needs no groups from here on (its hooks run as root).
+pub(super) fn drop_own_groups(verb: &str) -> Result<()> {
+    match nix::unistd::setgroups(&[]) {
+        Ok(()) => Ok(()),
+        // Not root: libcontainer could not set groups either; nothing to take away.
+        Err(nix::errno::Errno::EPERM) => {
+            tracing::warn!("{verb}: cannot drop ferry's supplementary groups (no CAP_SETGID)");
+            Ok(())
+        }
+        Err(e) => Err(Error::Io {
+            stage: "drop ferry's supplementary groups",
+            path: "/proc/self/status".into(),
+            source: e.into(),
+        }),
+    }
 }
 
 /// Runs one verb; returns the process exit code.

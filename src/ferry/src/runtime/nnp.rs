@@ -68,12 +68,18 @@ impl ConfigView {
 /// bundle's own config is fine as it is. Only the key and the root path differ: the rootfs
 /// is made absolute against the real bundle (libcontainer resolves it against the directory
 /// it is given); everything else, relative mount sources included, reads exactly as before.
-pub(super) fn init_view(bundle: &Path) -> Result<Option<ConfigView>> {
-    let mut config = read_config(bundle)?;
-    if !needs_view(&config) {
+/// `config` is the bundle's, read by the caller; `adjusted`: the caller changed it already
+/// (bind sources staged by bind_stage.rs), so it needs a view whatever its key says.
+pub(super) fn view_of(
+    bundle: &Path,
+    mut config: Value,
+    adjusted: bool,
+) -> Result<Option<ConfigView>> {
+    if needs_view(&config) {
+        strip(&mut config["process"]);
+    } else if !adjusted {
         return Ok(None);
     }
-    strip(&mut config["process"]);
     if let Some(root) = config["root"]["path"].as_str() {
         let abs = bundle.join(root).to_string_lossy().into_owned();
         config["root"]["path"] = Value::String(abs);
@@ -148,7 +154,9 @@ mod tests {
         let mut c = config(Some(false), true);
         c["mounts"] = json!([{"destination": "/d", "type": "bind", "source": "rel/src"}]);
         std::fs::write(bundle.path().join("config.json"), c.to_string()).unwrap();
-        let view = init_view(bundle.path()).unwrap().expect("a view");
+        let view = view_of(bundle.path(), read_config(bundle.path()).unwrap(), false)
+            .unwrap()
+            .expect("a view");
         let v = read_config(view.path()).unwrap();
         assert!(v["process"].get("noNewPrivileges").is_none());
         assert_eq!(
@@ -164,11 +172,33 @@ mod tests {
     }
 
     #[test]
+    fn an_adjusted_config_gets_a_view_as_adjusted() {
+        let bundle = tempfile::tempdir().unwrap();
+        let mut c = config(Some(false), false);
+        c["mounts"] = json!([{"destination": "/d", "type": "bind", "source": "/staged/0"}]);
+        let view = view_of(bundle.path(), c.clone(), true)
+            .unwrap()
+            .expect("a view");
+        let v = read_config(view.path()).unwrap();
+        assert_eq!(v["mounts"], c["mounts"]);
+        // No seccomp: the explicit false is harmless and stays.
+        assert_eq!(v["process"]["noNewPrivileges"], false);
+        assert_eq!(
+            v["root"]["path"],
+            bundle.path().join("rootfs").to_str().unwrap()
+        );
+    }
+
+    #[test]
     fn no_view_for_a_config_libcontainer_reads_right() {
         let bundle = tempfile::tempdir().unwrap();
         for c in [config(None, true), config(Some(true), true)] {
             std::fs::write(bundle.path().join("config.json"), c.to_string()).unwrap();
-            assert!(init_view(bundle.path()).unwrap().is_none());
+            assert!(
+                view_of(bundle.path(), read_config(bundle.path()).unwrap(), false)
+                    .unwrap()
+                    .is_none()
+            );
         }
     }
 }
