@@ -120,6 +120,28 @@ impl Bundle {
         self.write_config(&cfg);
     }
 
+    /// Sets `process.noNewPrivileges` (None: the key removed) and a seccomp profile allowing
+    /// everything but `rules` (libseccomp rule objects) and clone3, which fails with ENOSYS as
+    /// in podman's default profile (glibc falls back to clone).
+    pub fn set_seccomp(&self, nnp: Option<bool>, rules: &[Value]) {
+        self.edit_config(|c| {
+            let p = c["process"].as_object_mut().expect("process object");
+            match nnp {
+                Some(v) => p.insert("noNewPrivileges".into(), v.into()),
+                None => p.remove("noNewPrivileges"),
+            };
+            let mut syscalls = rules.to_vec();
+            syscalls.push(serde_json::json!(
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+            ));
+            c["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                "syscalls": syscalls,
+            });
+        });
+    }
+
     /// Path of the file the container's stdout goes to when started by the rig detached.
     pub fn stdout_path(&self) -> PathBuf {
         self.path.join("stdout.log")

@@ -93,24 +93,16 @@ fn seccomp_rounds(name: &str, nnp: Option<bool>) {
     let env = TestEnv::new(name);
     let id = env.id("c");
     let b = env.bundle(&id, &["sh", "-c", SCRIPT]);
-    b.edit_config(|c| {
-        let p = c["process"].as_object_mut().unwrap();
-        match nnp {
-            Some(v) => p.insert("noNewPrivileges".into(), v.into()),
-            None => p.remove("noNewPrivileges"),
-        };
-        c["linux"]["seccomp"] = serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "syscalls": [
-                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
-                // As podman's default profile: glibc falls back to clone.
-                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
-                {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
-                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}
-            ]
-        });
-    });
+    b.set_seccomp(
+        nnp,
+        &[
+            serde_json::json!(
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+            ),
+            serde_json::json!({"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}),
+        ],
+    );
     let pid = start_counter(&env, &b);
     assert_probe_denied(&b);
     let view = seccomp_view(pid);

@@ -19,22 +19,12 @@ const PROBE: &str = "grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc
      mkdir /probe-dir && echo mkdir-made";
 
 fn with_profile(b: &Bundle, nnp: Option<bool>) {
-    b.edit_config(|c| {
-        let p = c["process"].as_object_mut().unwrap();
-        match nnp {
-            Some(v) => p.insert("noNewPrivileges".into(), v.into()),
-            None => p.remove("noNewPrivileges"),
-        };
-        c["linux"]["seccomp"] = serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "syscalls": [
-                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 121},
-                // As podman's default profile: glibc falls back to clone.
-                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
-            ]
-        });
-    });
+    b.set_seccomp(
+        nnp,
+        &[serde_json::json!(
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 121}
+        )],
+    );
 }
 
 /// `Key:\tvalue` of `text` (PROBE's output or a /proc status file).
