@@ -220,6 +220,28 @@ pub fn unmount_under(dir: &Path) -> Vec<PathBuf> {
     mounts_under(dir)
 }
 
+/// Mounts of ferry's bind staging (`/run/ferry-staging`) in the host's mount table, and the
+/// staging directories of container `id` (named `ID-...`) left in it.
+pub fn staging_left(id: &str) -> Vec<String> {
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/run/ferry-staging/"))
+        .map(String::from)
+        .collect();
+    for e in std::fs::read_dir("/run/ferry-staging")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{id}-")) {
+            left.push(name);
+        }
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use cr_build::build_workload;
 use cr_common::*;
+use ferry_integration::cleanup::staging_left;
 use ferry_integration::cmd::wait_until;
 use ferry_integration::{Bundle, TestEnv};
 use serde_json::json;
@@ -305,27 +306,6 @@ fn cr_userns_restore_under_another_mapping_and_a_too_small_one_fails_cleanly() {
     env.ferry(&["delete", &id2]).ok();
     assert_nothing_left(&env, &b2, &id2);
     assert_no_state(&env, &id);
-}
-
-/// Mounts of ferry's bind staging in the host's mount table, and staging directories of
-/// container `id` left in /run/ferry-staging.
-fn staging_left(id: &str) -> Vec<String> {
-    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("/run/ferry-staging/"))
-        .map(String::from)
-        .collect();
-    for e in std::fs::read_dir("/run/ferry-staging")
-        .into_iter()
-        .flatten()
-    {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{id}-")) {
-            left.push(name);
-        }
-    }
-    left
 }
 
 /// The container's mountinfo line for `dest`.

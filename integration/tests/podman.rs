@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_integration::cleanup::{cgroup_dirs, PidFd};
+use ferry_integration::cleanup::{cgroup_dirs, staging_left, PidFd};
 use ferry_integration::cmd::{self, wait_until, Out};
 use ferry_integration::rootfs::copy_rootfs;
 use ferry_integration::TestEnv;
@@ -622,27 +622,6 @@ fn podman_imports_a_checkpoint_under_a_new_name() {
     pm.run(&["stop", "-t", "10", &other]).ok();
     pm.run(&["rm", &name, &other]).ok();
     pm.run(&["rmi", image]).ok();
-}
-
-/// Mounts of ferry's bind staging (`/run/ferry-staging`) in the host's mount table, and staging
-/// directories of container `cid` left in it.
-fn staging_left(cid: &str) -> Vec<String> {
-    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("/run/ferry-staging/"))
-        .map(String::from)
-        .collect();
-    for e in std::fs::read_dir("/run/ferry-staging")
-        .into_iter()
-        .flatten()
-    {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with(cid) {
-            left.push(name);
-        }
-    }
-    left
 }
 
 /// `podman exec NAME ARGS...` that must succeed; its stdout with runs of blanks made one space.
