@@ -122,8 +122,9 @@ pub struct Outcome {
     pub total: Duration,
 }
 
-/// One task of the plan.
-#[derive(Debug)]
+/// One task of the plan (`Default`: nothing read yet, as the in-place finisher and tests make
+/// it).
+#[derive(Debug, Default)]
 pub struct TaskPlan {
     /// Its pstree entry.
     pub entry: pb::PstreeEntry,
@@ -297,10 +298,9 @@ fn read_tasks(dir: &ImageDir) -> Result<Vec<TaskPlan>, RestoreError> {
             mem: memi,
             fs: fsi,
             fds,
-            caps: None,
-            ambient: 0,
             children,
             arena_size,
+            ..Default::default()
         });
     }
     Ok(tasks)

@@ -357,15 +357,7 @@ mod tests {
             },
             alive: true,
             state: 1,
-            exit_code: 0,
-            cores: Vec::new(),
-            mem: None,
-            fs: None,
-            fds: Vec::new(),
-            caps: None,
-            ambient: 0,
-            children: Vec::new(),
-            arena_size: 0,
+            ..Default::default()
         }
     }
 

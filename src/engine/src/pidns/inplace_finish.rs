@@ -256,13 +256,7 @@ fn read_tasks(images: &Path) -> Result<Vec<TaskPlan>, RestoreError> {
             exit_code: tc.map_or(0, |tc| tc.exit_code),
             entry,
             cores,
-            mem: None,
-            fs: None,
-            fds: Vec::new(),
-            caps: None,
-            ambient: 0,
-            children: Vec::new(),
-            arena_size: 0,
+            ..Default::default()
         });
     }
     Ok(tasks)

@@ -16,23 +16,15 @@ fn task(vmas: &[(u64, u64)]) -> TaskPlan {
         ..Default::default()
     };
     TaskPlan {
-        entry: pb::PstreeEntry::default(),
         alive: true,
         state: state::ALIVE,
-        exit_code: 0,
-        cores: Vec::new(),
         mem: Some(MemImage {
             pid: 1,
             mm,
             runs: Vec::new(),
             pages: PathBuf::new(),
         }),
-        fs: None,
-        fds: Vec::new(),
-        caps: None,
-        ambient: 0,
-        children: Vec::new(),
-        arena_size: 0,
+        ..Default::default()
     }
 }
 
