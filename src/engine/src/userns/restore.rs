@@ -123,22 +123,12 @@ pub fn image_ids(dir: &ImageDir) -> Result<ImageIds, UsernsError> {
 /// Checks that mapping `ns` (the new container's) has a place for every id in `ids`; the
 /// error names the first id that has none, what holds it and the mapping.
 pub fn check_ids(ids: &ImageIds, ns: &UserNs) -> Result<(), UsernsError> {
-    for (id, holder) in &ids.uids {
-        if ns.uid.outside(*id).is_none() {
+    for (kind, held, map) in [("uid", &ids.uids, &ns.uid), ("gid", &ids.gids, &ns.gid)] {
+        if let Some((id, holder)) = held.iter().find(|(id, _)| map.outside(**id).is_none()) {
             return Err(UsernsError::Unmapped {
                 what: format!(
-                    "uid {id} ({holder}) has no place in the new container's uid mapping ({})",
-                    ns.uid.describe()
-                ),
-            });
-        }
-    }
-    for (id, holder) in &ids.gids {
-        if ns.gid.outside(*id).is_none() {
-            return Err(UsernsError::Unmapped {
-                what: format!(
-                    "gid {id} ({holder}) has no place in the new container's gid mapping ({})",
-                    ns.gid.describe()
+                    "{kind} {id} ({holder}) has no place in the new container's {kind} mapping ({})",
+                    map.describe()
                 ),
             });
         }
