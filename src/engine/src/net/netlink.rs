@@ -124,6 +124,29 @@ fn cstr_of(d: &[u8]) -> String {
     String::from_utf8_lossy(&d[..end]).into_owned()
 }
 
+/// The messages of a received netlink buffer as (type, sequence number, payload); a header
+/// whose length does not fit is an error and ends the walk.
+pub(crate) fn messages(mut b: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+    std::iter::from_fn(move || {
+        if b.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(b[..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes"));
+        if len < 16 || len > b.len() {
+            b = &[];
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            )));
+        }
+        let payload = &b[16..len];
+        b = &b[align4(len).min(b.len())..];
+        Some(Ok((ty, seq, payload)))
+    })
+}
+
 /// A netlink socket of `protocol` in the calling thread's network namespace, whose receives
 /// fail after 10 s instead of hanging on a kernel that never answers.
 pub(crate) fn open_socket(protocol: libc::c_int) -> io::Result<OwnedFd> {
@@ -200,19 +223,8 @@ impl Rtnl {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes(b[..4].try_into().expect("4")) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                let mseq = u32::from_ne_bytes(b[8..12].try_into().expect("4"));
-                if len < 16 || len > b.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                let payload = &b[16..len];
-                b = &b[align4(len).min(b.len())..];
+            for m in messages(&buf[..n as usize]) {
+                let (ty, mseq, payload) = m?;
                 if mseq != seq {
                     continue;
                 }

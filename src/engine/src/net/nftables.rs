@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::netlink::{open_socket, put_attr, put_nested};
+use super::netlink::{messages, open_socket, put_attr, put_nested};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -228,22 +228,20 @@ impl Nft {
                 let e = io::Error::last_os_error();
                 return Err(failed.unwrap_or(e));
             }
-            let mut m = &buf[..n as usize];
-            while m.len() >= 20 {
-                let len = u32::from_ne_bytes(m[..4].try_into().expect("4 bytes")) as usize;
-                let ty = u16::from_ne_bytes([m[4], m[5]]);
-                let seq = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes"));
-                if len < 16 || len > m.len() {
-                    break;
-                }
+            for m in messages(&buf[..n as usize]) {
+                let (ty, seq, payload) = match m {
+                    Ok(m) => m,
+                    Err(e) => return Err(failed.unwrap_or(e)),
+                };
                 if ty == NLMSG_ERROR && (first..=last).contains(&seq) {
                     acked += 1;
-                    let errno = i32::from_ne_bytes(m[16..20].try_into().expect("4 bytes"));
+                    let errno = payload
+                        .get(..4)
+                        .map_or(0, |e| i32::from_ne_bytes(e.try_into().expect("4 bytes")));
                     if errno != 0 && failed.is_none() {
                         failed = Some(io::Error::from_raw_os_error(-errno));
                     }
                 }
-                m = &m[((len + 3) & !3).min(m.len())..];
             }
         }
         failed.map_or(Ok(()), Err)
