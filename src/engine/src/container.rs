@@ -246,13 +246,8 @@ fn frozen_checkpoint(
     log: &mut DumpLog,
 ) -> Result<DumpReport, ContainerError> {
     // Pages files are allocated while the container still runs: the frozen copy only fills them.
-    let t = Instant::now();
-    let reserve = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
-    log.stage(
-        "reserve",
-        t,
-        &format!("{} bytes for {} pages files", reserve.bytes, reserve.len()),
-    );
+    let dump_opts = dump_options(opts);
+    let reserve = crate::dump::reserve(&dump_opts, log);
     let t = Instant::now();
     freezer
         .freeze()
@@ -263,10 +258,7 @@ fn frozen_checkpoint(
     log.stage("container freeze", t, "cgroup frozen");
     let r = dump_resources(opts, dir, ids, log).and_then(|()| {
         Ok(crate::dump::dump_in_frozen_cgroup(
-            &dump_options(opts),
-            log,
-            freezer,
-            reserve,
+            &dump_opts, log, freezer, reserve,
         )?)
     });
     if r.is_err() {

@@ -224,7 +224,7 @@ pub fn dump(opts: &DumpOptions, log: &mut DumpLog) -> Result<DumpReport, DumpErr
 /// caller froze it.
 ///
 /// `reserve`: the pages files the caller allocated before it froze the cgroup
-/// ([`crate::mem::reserve::Reserve::make`]; empty for none).
+/// ([`reserve`]; empty for none).
 pub fn dump_in_frozen_cgroup(
     opts: &DumpOptions,
     log: &mut DumpLog,
@@ -232,6 +232,19 @@ pub fn dump_in_frozen_cgroup(
     reserve: crate::mem::reserve::Reserve,
 ) -> Result<DumpReport, DumpError> {
     dump_with(opts, log, Some(freezer), Some(reserve))
+}
+
+/// Allocates the tree's pages files while it still runs ([`crate::mem::reserve`]), logged as
+/// the `reserve` stage; for a caller that freezes the tree's cgroup itself, before it does.
+pub fn reserve(opts: &DumpOptions, log: &mut DumpLog) -> crate::mem::reserve::Reserve {
+    let t = Instant::now();
+    let r = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
+    log.stage(
+        "reserve",
+        t,
+        &format!("{} bytes for {} pages files", r.bytes, r.len()),
+    );
+    r
 }
 
 /// Freezes a paused container's cgroup again before its tasks are detached.
@@ -268,15 +281,7 @@ fn dump_with(
     // Pages files are allocated while the tree still runs (a caller that froze the tree's
     // cgroup made them before it did).
     let t = Instant::now();
-    let reserve = reserved.unwrap_or_else(|| {
-        let r = crate::mem::reserve::Reserve::make(opts.pid, &opts.images_dir);
-        log.stage(
-            "reserve",
-            t,
-            &format!("{} bytes for {} pages files", r.bytes, r.len()),
-        );
-        r
-    });
+    let reserve = reserved.unwrap_or_else(|| reserve(opts, log));
     let reserve_time = t.elapsed();
 
     let t = Instant::now();
