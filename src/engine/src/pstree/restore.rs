@@ -131,7 +131,7 @@ struct CloneArgs {
 
 /// `clone3` as a fork (SIGCHLD to the parent, no shared memory) with `flags` and, when given, the
 /// pid the child gets in the innermost pid namespace: 0 in the child, its pid in the parent.
-pub(crate) fn clone3_fork(flags: u64, set_tid: Option<u32>) -> std::io::Result<u32> {
+pub fn clone3_fork(flags: u64, set_tid: Option<u32>) -> std::io::Result<u32> {
     let want = set_tid.map(u64::from);
     let args = CloneArgs {
         flags,

@@ -3,9 +3,9 @@
 //! 1. Checks before anything is made: options, the image directory (inventory and tree images,
 //!    descriptors.json and whether its stdio can be reconnected), the bundle (a user namespace
 //!    must have a place for every id of the images: `cr_userns`).
-//! 2. The container is built by libcontainer from the bundle's config (adjusted by `cr_spec`):
-//!    state directory, cgroups, namespaces, rootfs and mounts, with [`RestoreExecutor`] as its
-//!    init, which waits for `start`.
+//! 2. ferry builds the container from the bundle's config (adjusted by `cr_spec`): state
+//!    directory, cgroups, namespaces, rootfs and mounts, with an init that waits for `start`
+//!    (`cr_build`, `cr_build_init`).
 //! 3. From outside, the engine fills the fresh namespaces (`container::restore_resources`:
 //!    links under the network lock, hostname, IPC, tmpfs contents, cgroups).
 //! 4. `start`: the init restores the tree in place and becomes its PID 1, while ferry, outside
@@ -20,15 +20,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::syscall::syscall::SyscallType;
 
 use super::checkpoint::{cgroup_mode, refuse_unsupported};
+use super::cr_build::{Built, Request};
+use super::cr_build_init::InitArgs;
 use super::cr_error::CrError;
 use super::cr_opts::RestoreOpts;
 use super::cr_paths::CrPaths;
-use super::executor::RestoreExecutor;
 use super::{cr_spec, cr_stdio, cr_userns, Ctx};
 
 /// How long the tree may take to reach the restorer (the engine's default).
@@ -98,21 +97,9 @@ fn status_channel() -> Result<(OwnedFd, OwnedFd), CrError> {
     .map_err(|e| CrError::io("create the status socket pair", "socketpair")(e.into()))
 }
 
-/// A pidfd for the container's init, taken while it surely lives (it waits for `start`).
-fn init_pidfd(container: &Container) -> Option<OwnedFd> {
-    let pid = container.pid()?.as_raw();
-    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the fd was just created for us.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// SIGKILLs the init through its pidfd and waits (up to 5 s) until it is gone. The cgroup-wide
 /// kill of `delete` misses an init a failed cgroup restore moved out of the container's cgroup.
-fn kill_init(pidfd: &OwnedFd) {
+pub(super) fn kill_init(pidfd: &OwnedFd) {
     // SAFETY: pidfd_send_signal on our own pidfd with SIGKILL, no siginfo, no flags.
     unsafe {
         libc::syscall(
@@ -132,25 +119,10 @@ fn kill_init(pidfd: &OwnedFd) {
 }
 
 /// Deletes what a failed restore made: the container (processes, cgroups, state directory).
-fn discard(ctx: &Ctx, id: &str, container: Option<Container>, init: Option<&OwnedFd>) {
-    if let Some(fd) = init {
-        kill_init(fd);
-    }
-    let c = container.or_else(|| ctx.load(id).ok());
-    match c {
-        Some(mut c) => {
-            if let Err(e) = c.delete(true) {
-                tracing::error!("remove container {id} after a failed restore: {e}");
-            }
-        }
-        None => {
-            let dir = ctx.container_dir(id);
-            if dir.exists() {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::error!("remove {} after a failed restore: {e}", dir.display());
-                }
-            }
-        }
+fn discard(id: &str, mut container: Container, init: &OwnedFd) {
+    kill_init(init);
+    if let Err(e) = container.delete(true) {
+        tracing::error!("remove container {id} after a failed restore: {e}");
     }
 }
 
@@ -229,7 +201,7 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     let log_path = paths.work.join("restore.log");
     let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
     let (status_r, status_w) = status_channel()?;
-    let exec = RestoreExecutor {
+    let init = InitArgs {
         images_fd: images_fd.as_raw_fd(),
         log_fd: log_file.as_raw_fd(),
         status_fd: status_w.as_raw_fd(),
@@ -237,26 +209,25 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         log_level: RESTORE_LOG_LEVEL,
         inherit_fds,
     };
-    let built = build(ctx, id, rb.path(), opts.no_pivot, console.as_deref(), exec);
+    let built = super::cr_build::build(Request {
+        id,
+        root: &ctx.root,
+        bundle: &bundle,
+        config_dir: rb.path(),
+        no_pivot: opts.no_pivot,
+        console_socket: console.as_deref(),
+        init,
+        close_in_init: vec![status_r.as_raw_fd()],
+    });
     // The init has made the mounts (or failed): the container's copies are its own.
     rb.release_staged();
     // The init holds its own copies now; ours must go so that EOF means the init is gone.
     drop(status_w);
     drop(log_file);
-    let mut container = match built {
-        Ok(c) => c,
-        Err(e) => {
-            // A container of that id made meanwhile by someone else is not ours to remove.
-            let theirs = matches!(&e, CrError::Container { source, .. }
-                if matches!(**source, libcontainer::error::LibcontainerError::Exist));
-            if !theirs {
-                discard(ctx, id, None, None);
-            }
-            return Err(e);
-        }
-    };
-    let init = init_pidfd(&container);
-    match run_restore(opts, &paths, &bundle, &mut container, status_r) {
+    // A failed build has removed what it made (and nothing of a container of that id made
+    // meanwhile by someone else).
+    let mut built = built?;
+    match run_restore(opts, &paths, &mut built, status_r) {
         Ok(pid) => {
             drop(images_fd);
             if let Ok(old) = cr_stdio::read(&paths.images) {
@@ -268,7 +239,10 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         Err(failed) => {
             let (e, resources) = *failed;
             // Tasks first, then what the resources made (cgroups are removed once empty).
-            discard(ctx, id, Some(container), init.as_ref());
+            let Built {
+                container, pidfd, ..
+            } = built;
+            discard(id, container, &pidfd);
             if let Some(r) = resources {
                 undo(r, id);
             }
@@ -279,58 +253,15 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
 
 type Failed = Box<(CrError, Option<ferry_engine::container::RestoredResources>)>;
 
-fn build(
-    ctx: &Ctx,
-    id: &str,
-    bundle: &Path,
-    no_pivot: bool,
-    console_socket: Option<&Path>,
-    exec: RestoreExecutor,
-) -> Result<Container, CrError> {
-    let stage = format!("create container {id} for its restore");
-    let err = |source| CrError::Container {
-        stage: stage.clone(),
-        source: Box::new(source),
-    };
-    std::fs::create_dir_all(&ctx.root).map_err(CrError::io("create state root", &ctx.root))?;
-    ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(exec)
-        .with_console_socket(console_socket)
-        .with_root_path(&ctx.root)
-        .map_err(err)?
-        .validate_id()
-        .map_err(err)?
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .with_no_pivot(no_pivot)
-        .build()
-        .map_err(err)
-}
-
 fn run_restore(
     opts: &RestoreOpts,
     paths: &CrPaths,
-    bundle: &Path,
-    container: &mut Container,
+    built: &mut Built,
     status_r: OwnedFd,
 ) -> Result<i32, Failed> {
     let id = opts.container_id.as_str();
     let plain = |e: CrError| Box::new((e, None));
-    // The state names the caller's bundle, not the adjusted config's directory.
-    container.state.bundle = bundle.to_path_buf();
-    container
-        .save()
-        .map_err(|source| CrError::Container {
-            stage: format!("save state of container {id}"),
-            source: Box::new(source),
-        })
-        .map_err(plain)?;
-    let pid = container
-        .pid()
-        .ok_or_else(|| CrError::unsupported("restore", format!("container {id} has no init pid")))
-        .map_err(plain)?
-        .as_raw();
+    let pid = built.pid();
     let res_log = paths.work.join("restore-resources.log");
     let mut log = ferry_engine::restore::Log::new(Some(&res_log), ferry_engine::log::INFO)
         .map_err(CrError::io("create", &res_log))
@@ -347,11 +278,7 @@ fn run_restore(
             source: Box::new(source),
         })
         .map_err(plain)?;
-    if let Err(source) = container.start() {
-        let e = CrError::Container {
-            stage: format!("start the restore of container {id}"),
-            source: Box::new(source),
-        };
+    if let Err(e) = built.start() {
         return Err(Box::new((e, Some(resources))));
     }
     let log_path = paths.work.join("restore.log");
@@ -374,9 +301,11 @@ fn run_restore(
         &mut log,
     );
     if let Err(e) = done {
+        // A startContainer hook that failed in the init says so on the build channel.
+        let message = built.init_error().unwrap_or_else(|| e.to_string());
         let e = CrError::Init {
             id: id.to_string(),
-            message: e.to_string(),
+            message,
         };
         return Err(Box::new((e, Some(resources))));
     }

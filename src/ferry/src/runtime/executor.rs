@@ -1,7 +1,6 @@
 //! The code libcontainer runs as the container's process once namespaces, rootfs and cgroups are
-//! ready: libcontainer's default exec, after one repair ([`FerryExecutor`]); or, for `ferry
-//! restore`, the engine's in-place restore ([`RestoreExecutor`]): the init, PID 1 of the fresh pid
-//! namespace, forks the checkpointed tree and becomes its PID 1.
+//! ready: libcontainer's default exec, after one repair ([`FerryExecutor`]). (A restore's init
+//! is ferry's own: `cr_build_init`.)
 //!
 //! The repair: libcontainer 0.7's init re-points every stdio fd that is the host's /dev/null to
 //! the container's /dev/null, but opens it read-only, so a process started with stdout or
@@ -72,61 +71,6 @@ impl Executor for FerryExecutor {
 
     fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
-    }
-}
-
-/// The container init of a restore: runs `ferry_engine::pidns::inplace::restore_in_place`.
-///
-/// It runs after pivot_root, where host paths are out of reach, so the image directory and the
-/// log come as fds opened by ferry before the container was built; the image directory is
-/// reached through `/proc/self/fd/N` (the container's /proc, read only). `status_fd` is the init's end of the
-/// socket pair whose other end ferry reads: the engine's in-place restore reports on it and
-/// ferry, outside the container's pid namespace, finishes the restore from there. On success
-/// it never returns: this process is the restored PID 1.
-#[derive(Clone, Debug)]
-pub struct RestoreExecutor {
-    /// The image directory, open (O_PATH) in ferry.
-    pub images_fd: i32,
-    /// restore.log, open for writing in ferry (used as it is).
-    pub log_fd: i32,
-    /// The init's end of ferry's status socket pair (SOCK_SEQPACKET).
-    pub status_fd: i32,
-    /// Deadline for every task to reach the restorer.
-    pub timeout: std::time::Duration,
-    /// restore.log verbosity.
-    pub log_level: u8,
-    /// The init's own fds 0..2 (ferry's pipes, or its new console) standing for the images' stdio.
-    pub inherit_fds: Vec<ferry_engine::files::inherit::InheritFd>,
-}
-
-impl Executor for RestoreExecutor {
-    fn exec(&self, _spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
-        use ferry_engine::restore::{Log, Options};
-        use std::os::fd::FromRawFd;
-        // SAFETY: ferry handed this fd to the init for the restore alone; the engine owns and
-        // closes it from here.
-        let chan = unsafe { std::os::fd::OwnedFd::from_raw_fd(self.status_fd) };
-        // Written through ferry's own fd, never reopened: in a container with its own user
-        // namespace the init (its root) has no right to the host root's file.
-        // SAFETY: ferry opened the log for the init alone; the engine owns and closes it.
-        let log_file = unsafe { std::fs::File::from_raw_fd(self.log_fd) };
-        let mut log = Log::to(ferry_engine::log::Sink::File(log_file), self.log_level);
-        let mut opts = Options::new(format!("/proc/self/fd/{}", self.images_fd));
-        opts.timeout = self.timeout;
-        opts.inherit_fds = self.inherit_fds.clone();
-        match ferry_engine::pidns::inplace::restore_in_place(&opts, chan, &mut log) {
-            Ok(never) => match never {},
-            // The engine has reported it to ferry (on the socket or in its stage slot). The
-            // init's fds may already be the tree's, libcontainer's log and channel among them:
-            // exit without writing anything anywhere.
-            // SAFETY: _exit ends this process without running destructors or flushing buffers.
-            Err(_) => unsafe { libc::_exit(1) },
-        }
-    }
-
-    fn validate(&self, _spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
-        // The process comes from the images, not from the config's args.
-        Ok(())
     }
 }
 

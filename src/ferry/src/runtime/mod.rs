@@ -14,6 +14,9 @@ pub mod state;
 
 mod bind_stage;
 mod checkpoint;
+mod cr_build;
+mod cr_build_init;
+mod cr_cgroups;
 mod cr_error;
 mod cr_freezer;
 mod cr_mounts;

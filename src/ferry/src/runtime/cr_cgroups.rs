@@ -1,0 +1,251 @@
+//! The restored container's cgroups: made and limited from outside, joined by its init itself.
+//!
+//! Moving a task into a cgroup through `cgroup.procs` (or `tasks` with a pid) takes the kernel's
+//! `cgroup_threadgroup_rwsem` for writing, and the first writer after a quiet spell waits for an
+//! RCU grace period (`rcu_sync_enter`): about 7 ms on this machine, paid by every runc and
+//! libcontainer container start. A task writing "0" to a cgroup v1 hierarchy's `tasks` moves
+//! only itself and skips that lock (`cgroup_procs_write_start`: no pid, no thread group), so it
+//! costs tens of microseconds. Hence the split: ferry creates the directories (with the cpuset
+//! copied down from the parent, as the v1 kernel requires before any task may join) and applies
+//! the config's resources before the init exists; the init, single-threaded right after its
+//! clone, writes "0" to every hierarchy's `tasks`. On cgroup v2 there is no such file for a
+//! process: ferry moves the init through libcgroups (`cgroup.procs`), grace period included.
+//!
+//! The directories are libcgroups' own (its v1 controllers at its paths), so `delete` finds
+//! and removes them like those of any container.
+
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    AnyCgroupManager, CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt,
+};
+use libcgroups::v1::ControllerType;
+use oci_spec::runtime::Spec;
+
+use super::cr_error::CrError;
+
+/// The v1 controllers libcgroups manages (its `CONTROLLERS`, which it does not export).
+const V1_CONTROLLERS: [ControllerType; 12] = [
+    ControllerType::Cpu,
+    ControllerType::CpuAcct,
+    ControllerType::CpuSet,
+    ControllerType::Devices,
+    ControllerType::HugeTlb,
+    ControllerType::Memory,
+    ControllerType::Pids,
+    ControllerType::PerfEvent,
+    ControllerType::Blkio,
+    ControllerType::NetworkPriority,
+    ControllerType::NetworkClassifier,
+    ControllerType::Freezer,
+];
+
+/// The container's cgroups, ready to be joined.
+pub struct Cgroups {
+    manager: AnyCgroupManager,
+    /// Each v1 hierarchy's `tasks` file in the container's cgroup (the init writes "0").
+    v1_tasks: Vec<PathBuf>,
+    /// cgroup v2 only: the init is moved from outside.
+    unified: bool,
+}
+
+fn cgroup_err(stage: impl Into<String>) -> impl FnOnce(String) -> CrError {
+    let stage = stage.into();
+    move |message| CrError::Cgroup { stage, message }
+}
+
+/// The v1 hierarchies' mount points by controller name, from one read of mountinfo (the first
+/// mount of each, like libcgroups).
+fn v1_mount_points() -> Result<Vec<(String, PathBuf)>, CrError> {
+    let path = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(path).map_err(CrError::io("read", path))?;
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for line in text.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut t = tail.split(' ');
+        if t.next() != Some("cgroup") {
+            continue;
+        }
+        let (Some(_source), Some(opts)) = (t.next(), t.next()) else {
+            continue;
+        };
+        let Some(point) = head.split(' ').nth(4) else {
+            continue;
+        };
+        for opt in opts.split(',') {
+            if !out.iter().any(|(c, _)| c == opt) {
+                out.push((opt.to_string(), PathBuf::from(unescape(point))));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `path` joined under `base` even when absolute (libcgroups' join).
+fn join_under(base: &Path, path: &Path) -> PathBuf {
+    base.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// v1: an empty `cpuset.cpus` or `cpuset.mems` on the way down from the hierarchy's root to
+/// `dir` is copied from its parent (the kernel refuses tasks into an empty cpuset).
+fn fill_cpuset(mount: &Path, dir: &Path) -> Result<(), CrError> {
+    let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let mut cur = mount.to_path_buf();
+        for part in rel.components() {
+            let parent = cur.join(file);
+            let value = std::fs::read_to_string(&parent).map_err(CrError::io("read", &parent))?;
+            cur.push(part);
+            let child = cur.join(file);
+            let own = std::fs::read_to_string(&child).map_err(CrError::io("read", &child))?;
+            if own.trim().is_empty() {
+                std::fs::write(&child, value.trim()).map_err(CrError::io("write", &child))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Cgroups {
+    /// Creates container `id`'s cgroups from `spec` and applies its resources.
+    pub fn prepare(spec: &Spec, id: &str) -> Result<Self, CrError> {
+        let stage = format!("cgroups of container {id}");
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| CrError::unsupported(&stage, "a config without `linux`"))?;
+        let path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
+        let setup = libcgroups::common::get_cgroup_setup()
+            .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
+        let unified = matches!(setup, CgroupSetup::Unified);
+        let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path: path.clone(),
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
+        let mut v1_tasks = Vec::new();
+        if !unified {
+            let points = v1_mount_points()?;
+            for ctrl in V1_CONTROLLERS {
+                let name = ctrl.to_string();
+                let Some((_, mount)) = points.iter().find(|(c, _)| *c == name) else {
+                    continue;
+                };
+                let dir = join_under(mount, &path);
+                std::fs::create_dir_all(&dir).map_err(CrError::io("create cgroup", &dir))?;
+                if matches!(ctrl, ControllerType::CpuSet) {
+                    fill_cpuset(mount, &dir)?;
+                }
+                let tasks = dir.join("tasks");
+                // Co-mounted controllers (cpu,cpuacct) share one hierarchy: joined once.
+                if !v1_tasks.contains(&tasks) {
+                    v1_tasks.push(tasks);
+                }
+            }
+        }
+        let cg = Cgroups {
+            manager,
+            v1_tasks,
+            unified,
+        };
+        if !unified {
+            cg.apply(spec, &stage)?;
+        }
+        Ok(cg)
+    }
+
+    fn apply(&self, spec: &Spec, stage: &str) -> Result<(), CrError> {
+        let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+            return Ok(());
+        };
+        let opt = ControllerOpt {
+            resources,
+            freezer_state: None,
+            oom_score_adj: None,
+            disable_oom_killer: false,
+        };
+        self.manager
+            .apply(&opt)
+            .map_err(|e| cgroup_err(stage)(e.to_string()))
+    }
+
+    /// The `tasks` files the init joins by writing "0" (empty on cgroup v2).
+    pub fn v1_tasks(&self) -> &[PathBuf] {
+        &self.v1_tasks
+    }
+
+    /// cgroup v2: moves the init (host pid `pid`) in from outside, then applies the resources
+    /// (libcgroups makes the cgroup and enables its controllers on the move). v1: nothing.
+    pub fn attach_from_outside(&self, spec: &Spec, id: &str, pid: i32) -> Result<(), CrError> {
+        if !self.unified {
+            return Ok(());
+        }
+        let stage = format!("move the init of container {id} into its cgroup");
+        self.manager
+            .add_task(nix::unistd::Pid::from_raw(pid))
+            .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
+        self.apply(spec, &stage)
+    }
+
+    /// Removes the cgroups (after a failed build; their tasks must be gone).
+    pub fn remove(&self) {
+        if let Err(e) = self.manager.remove() {
+            tracing::warn!("remove the cgroups of a failed restore: {e}");
+        }
+    }
+}
+
+/// In the init: joins each v1 hierarchy's cgroup by writing "0" to its `tasks` (see the module
+/// docs). Only this thread moves, which is the whole process here.
+pub fn join_v1(tasks: &[PathBuf]) -> Result<(), String> {
+    for t in tasks {
+        std::fs::write(t, b"0").map_err(|e| format!("join cgroup {}: {e}", t.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), "/sys/fs/cgroup/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/trail\04"), r"/trail\04");
+    }
+
+    #[test]
+    fn absolute_cgroup_paths_stay_under_the_mount() {
+        let m = Path::new("/sys/fs/cgroup/pids");
+        assert_eq!(
+            join_under(m, Path::new("/a/b")),
+            Path::new("/sys/fs/cgroup/pids/a/b")
+        );
+        assert_eq!(
+            join_under(m, Path::new(":youki:x")),
+            Path::new("/sys/fs/cgroup/pids/:youki:x")
+        );
+    }
+}
