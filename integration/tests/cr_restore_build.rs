@@ -181,3 +181,81 @@ fn cr_restore_build_failures_are_clear_and_leave_nothing() {
     assert_counts_on_from(&b, stopped_at);
     force_delete_and_check(&env, &b, &id);
 }
+
+/// `ferry ARGS` in a mount namespace of its own where /sys/fs/cgroup is the cgroup2 hierarchy,
+/// as on a cgroup v2 host (this host is hybrid: its cgroup2 mount has no controllers, enough for
+/// membership). stdio is null, like a detached caller's.
+#[track_caller]
+fn ferry_on_cgroup2(env: &TestEnv, args: &[&str]) -> ferry_integration::cmd::Out {
+    let script = "mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"";
+    let mut c = std::process::Command::new("unshare");
+    c.args(["-m", "sh", "-c", script, "sh"])
+        .arg(&env.bin)
+        .arg("--root")
+        .arg(&env.root)
+        .args(args)
+        .current_dir(&env.dir)
+        .stdin(std::process::Stdio::null());
+    ferry_integration::cmd::run(&mut c, T)
+}
+
+#[test]
+fn cr_restore_on_cgroup2_moves_the_init_before_its_namespaces_twice() {
+    let env = TestEnv::new("crcg2");
+    let id = env.id("c");
+    let b = counter_bundle(&env, &id);
+    b.edit_config(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(serde_json::json!({"type": "cgroup"}));
+    });
+    let bundle = b.path.to_str().unwrap();
+    ferry_on_cgroup2(&env, &["run", "-d", "--bundle", bundle, &id]).ok();
+    track_state_pid(&env, &id);
+    assert!(ferry_integration::cmd::wait_until(T, || b
+        .counter("/count")
+        .unwrap_or(0)
+        >= 3));
+    for round in 1..=2 {
+        let img = env.dir.join(format!("img-{round}"));
+        let img = img.to_str().unwrap();
+        // The engine's cgroup dump reads the host's hierarchies: this view is the runtime's only.
+        let ignore = ["--manage-cgroups-mode", "ignore"];
+        let mut ck = vec!["checkpoint", "--image-path", img];
+        ck.extend(ignore);
+        ck.push(&id);
+        ferry_on_cgroup2(&env, &ck).ok();
+        let stopped_at = settled_count(&b);
+        let mut rs = vec!["restore", "-d", "--image-path", img, "--bundle", bundle];
+        rs.extend(ignore);
+        rs.push(&id);
+        ferry_on_cgroup2(&env, &rs).ok();
+        let pid = track_state_pid(&env, &id).unwrap();
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let want = format!("0::/{}", b.cgroups_path.trim_start_matches('/'));
+        assert!(
+            cg.lines().any(|l| l == want),
+            "round {round}: init {pid} in its cgroup2 cgroup {want}: {cg}"
+        );
+        // Its cgroup namespace was made after the move: seen from inside, it is at the root.
+        let o = ferry_integration::cmd::run(
+            std::process::Command::new("nsenter").args([
+                "-t",
+                &pid.to_string(),
+                "-C",
+                "cat",
+                &format!("/proc/{pid}/cgroup"),
+            ]),
+            T,
+        );
+        assert!(
+            o.stdout.lines().any(|l| l == "0::/"),
+            "round {round}: init {pid} from inside its cgroup namespace: {o}"
+        );
+        assert_counts_on_from(&b, stopped_at);
+    }
+    ferry_on_cgroup2(&env, &["delete", "-f", &id]).ok();
+    assert_nothing_left(&env, &b, &id);
+    // The same cgroup2 hierarchy is mounted here at /sys/fs/cgroup/unified.
+    let v2 = Path::new("/sys/fs/cgroup/unified").join(b.cgroups_path.trim_start_matches('/'));
+    assert!(!v2.exists(), "{} left", v2.display());
+}

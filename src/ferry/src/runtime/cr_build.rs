@@ -33,8 +33,9 @@ use super::cr_error::CrError;
 pub const MSG_ERROR: u8 = b'E';
 /// init → ferry: run the prestart and createRuntime hooks; ferry → init: they ran.
 pub const MSG_HOOKS: u8 = b'H';
-/// ferry → init: the user namespace's id maps are written.
-pub const MSG_MAPPED: u8 = b'M';
+/// ferry → init: the user namespace's id maps are written and (cgroup v2) the init moved into
+/// its cgroup: it may enter its other namespaces.
+pub const MSG_SET_UP: u8 = b'M';
 /// init → ferry: namespaces, cgroups and rootfs are ready.
 pub const MSG_READY: u8 = b'R';
 /// ferry → init: restore the tree.
@@ -293,6 +294,13 @@ pub fn build(req: Request) -> Result<Built, CrError> {
     let config = req.config_dir.join("config.json");
     let spec = Spec::load(&config).map_err(|e| err(format!("load {}: {e}", config.display())))?;
     refuse_unsupported(&spec, &stage)?;
+    // libcontainer's checks of a config it builds from (namespaces, sysctls, mount options).
+    libcontainer::validator::Validator::validate_spec(&spec)
+        .map_err(|e| err(format!("invalid config {}: {e}", config.display())))?;
+    if let Some(m) = spec.mounts() {
+        libcontainer::utils::validate_mount_options(m)
+            .map_err(|e| err(format!("invalid config {}: {e}", config.display())))?;
+    }
     let rootfs = spec
         .root()
         .as_ref()
@@ -342,6 +350,7 @@ pub fn build(req: Request) -> Result<Built, CrError> {
         rootfs,
         no_pivot: req.no_pivot,
         userns: userns.is_some(),
+        wait_set_up: userns.is_some() || cgroups.moved_from_outside(),
         cgroup_tasks: cgroups.v1_tasks().to_vec(),
         console_fd: console.as_ref().map(|c| c.as_raw_fd()),
         state: container.state.clone(),
@@ -393,12 +402,16 @@ pub fn build(req: Request) -> Result<Built, CrError> {
         u.write_uid_mapping(p)
             .and_then(|()| u.write_gid_mapping(p))
             .map_err(|e| err(format!("write the id maps of init {pid}: {e}")))?;
-        send(&chan, MSG_MAPPED, b"");
     }
     if let Some(c) = &undo.cgroups {
         c.attach_from_outside(&plan.spec, id, pid)?;
     }
-    container.set_pid(pid);
+    if plan.wait_set_up {
+        send(&chan, MSG_SET_UP, b"");
+    }
+    container
+        .set_pid(pid)
+        .set_creator(nix::unistd::geteuid().as_raw());
     loop {
         match recv(&chan) {
             Some((MSG_READY, _)) => break,

@@ -195,6 +195,11 @@ impl Cgroups {
         &self.v1_tasks
     }
 
+    /// Whether ferry moves the init in from outside (cgroup v2) before it enters its namespaces.
+    pub fn moved_from_outside(&self) -> bool {
+        self.unified
+    }
+
     /// cgroup v2: moves the init (host pid `pid`) in from outside, then applies the resources
     /// (libcgroups makes the cgroup and enables its controllers on the move). v1: nothing.
     pub fn attach_from_outside(&self, spec: &Spec, id: &str, pid: i32) -> Result<(), CrError> {
