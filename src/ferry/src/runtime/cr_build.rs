@@ -162,7 +162,7 @@ impl Drop for Undo {
             super::cr_restore::kill_init(&pidfd);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
-        if let Some(c) = self.cgroups.take() {
+        if let Some(mut c) = self.cgroups.take() {
             c.remove();
         }
         if let Some(d) = self.dir.take() {
@@ -403,8 +403,8 @@ pub fn build(req: Request) -> Result<Built, CrError> {
             .and_then(|()| u.write_gid_mapping(p))
             .map_err(|e| err(format!("write the id maps of init {pid}: {e}")))?;
     }
-    if let Some(c) = &undo.cgroups {
-        c.attach_from_outside(&plan.spec, id, pid)?;
+    if let Some(c) = &mut undo.cgroups {
+        c.limit(&plan.spec, pid)?;
     }
     if plan.wait_set_up {
         send(&chan, MSG_SET_UP, b"");

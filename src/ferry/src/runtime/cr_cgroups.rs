@@ -6,9 +6,9 @@
 //! libcontainer container start. A task writing "0" to a cgroup v1 hierarchy's `tasks` moves
 //! only itself and skips that lock (`cgroup_procs_write_start`: no pid, no thread group), so it
 //! costs tens of microseconds. Hence the split: ferry creates the directories (with the cpuset
-//! copied down from the parent, as the v1 kernel requires before any task may join) and applies
-//! the config's resources before the init exists; the init, single-threaded right after its
-//! clone, writes "0" to every hierarchy's `tasks`. On cgroup v2 there is no such file for a
+//! copied down from the parent, as the v1 kernel requires before any task may join) before the
+//! init exists, and applies the config's resources while the init builds its rootfs; the init,
+//! single-threaded right after its clone, writes "0" to every hierarchy's `tasks`. On cgroup v2 there is no such file for a
 //! process: ferry moves the init through libcgroups (`cgroup.procs`), grace period included.
 //!
 //! The directories are libcgroups' own (its v1 controllers at its paths), so `delete` finds
@@ -42,7 +42,11 @@ const V1_CONTROLLERS: [ControllerType; 12] = [
 
 /// The container's cgroups, ready to be joined.
 pub struct Cgroups {
-    manager: AnyCgroupManager,
+    id: String,
+    /// The config's cgroups path (libcontainer's default without one).
+    path: PathBuf,
+    /// libcgroups' manager, made once the init runs (see [`Cgroups::limit`]).
+    manager: Option<AnyCgroupManager>,
     /// Each v1 hierarchy's `tasks` file in the container's cgroup (the init writes "0").
     v1_tasks: Vec<PathBuf>,
     /// cgroup v2 only: the init is moved from outside.
@@ -127,7 +131,7 @@ fn fill_cpuset(mount: &Path, dir: &Path) -> Result<(), CrError> {
 }
 
 impl Cgroups {
-    /// Creates container `id`'s cgroups from `spec` and applies its resources.
+    /// Creates container `id`'s cgroup directories (v1) from `spec`, ready to be joined.
     pub fn prepare(spec: &Spec, id: &str) -> Result<Self, CrError> {
         let stage = format!("cgroups of container {id}");
         let linux = spec
@@ -138,12 +142,6 @@ impl Cgroups {
         let setup = libcgroups::common::get_cgroup_setup()
             .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
         let unified = matches!(setup, CgroupSetup::Unified);
-        let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
-            cgroup_path: path.clone(),
-            systemd_cgroup: false,
-            container_name: id.to_string(),
-        })
-        .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
         let mut v1_tasks = Vec::new();
         if !unified {
             let points = v1_mount_points()?;
@@ -164,30 +162,26 @@ impl Cgroups {
                 }
             }
         }
-        let cg = Cgroups {
-            manager,
+        Ok(Cgroups {
+            id: id.to_string(),
+            path,
+            manager: None,
             v1_tasks,
             unified,
-        };
-        if !unified {
-            cg.apply(spec, &stage)?;
-        }
-        Ok(cg)
+        })
     }
 
-    fn apply(&self, spec: &Spec, stage: &str) -> Result<(), CrError> {
-        let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
-            return Ok(());
-        };
-        let opt = ControllerOpt {
-            resources,
-            freezer_state: None,
-            oom_score_adj: None,
-            disable_oom_killer: false,
-        };
-        self.manager
-            .apply(&opt)
-            .map_err(|e| cgroup_err(stage)(e.to_string()))
+    fn manager(&mut self) -> Result<&AnyCgroupManager, String> {
+        if self.manager.is_none() {
+            let m = libcgroups::common::create_cgroup_manager(CgroupConfig {
+                cgroup_path: self.path.clone(),
+                systemd_cgroup: false,
+                container_name: self.id.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+            self.manager = Some(m);
+        }
+        Ok(self.manager.as_ref().expect("just set"))
     }
 
     /// The `tasks` files the init joins by writing "0" (empty on cgroup v2).
@@ -200,23 +194,40 @@ impl Cgroups {
         self.unified
     }
 
-    /// cgroup v2: moves the init (host pid `pid`) in from outside, then applies the resources
-    /// (libcgroups makes the cgroup and enables its controllers on the move). v1: nothing.
-    pub fn attach_from_outside(&self, spec: &Spec, id: &str, pid: i32) -> Result<(), CrError> {
-        if !self.unified {
-            return Ok(());
+    /// Once the init (host pid `pid`) exists: on cgroup v2 moves it in from outside (libcgroups
+    /// makes the cgroup and enables its controllers on the move); then applies the config's
+    /// resources. On v1 this runs while the init builds its rootfs (libcgroups' manager reads
+    /// mountinfo once per controller: about 1 ms here), and always before the tree is restored.
+    pub fn limit(&mut self, spec: &Spec, pid: i32) -> Result<(), CrError> {
+        let stage = format!("cgroups of container {}", self.id);
+        let unified = self.unified;
+        let manager = self.manager().map_err(cgroup_err(&stage))?;
+        if unified {
+            manager
+                .add_task(nix::unistd::Pid::from_raw(pid))
+                .map_err(|e| cgroup_err(&stage)(format!("move init {pid}: {e}")))?;
         }
-        let stage = format!("move the init of container {id} into its cgroup");
-        self.manager
-            .add_task(nix::unistd::Pid::from_raw(pid))
-            .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
-        self.apply(spec, &stage)
+        let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+            return Ok(());
+        };
+        let opt = ControllerOpt {
+            resources,
+            freezer_state: None,
+            oom_score_adj: None,
+            disable_oom_killer: false,
+        };
+        manager
+            .apply(&opt)
+            .map_err(|e| cgroup_err(&stage)(e.to_string()))
     }
 
     /// Removes the cgroups (after a failed build; their tasks must be gone).
-    pub fn remove(&self) {
-        if let Err(e) = self.manager.remove() {
-            tracing::warn!("remove the cgroups of a failed restore: {e}");
+    pub fn remove(&mut self) {
+        let r = self
+            .manager()
+            .and_then(|m| m.remove().map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::warn!("remove the cgroups of a failed restore of {}: {e}", self.id);
         }
     }
 }
