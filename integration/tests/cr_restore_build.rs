@@ -2,7 +2,8 @@
 //! `ferry run` (libcontainer) makes from the same config: the same mount table (rootfs, the
 //! config's mounts, read-only and masked paths) after two restores in a row; the config's hooks
 //! run once each, in order, with the restored init's pid; a failing hook or an impossible mount
-//! is a clear error that leaves nothing behind.
+//! is a clear error that leaves nothing behind; on a cgroup2 view of the host the init is born in
+//! its cgroup and its cgroup namespace is rooted there.
 
 mod cr_common;
 
@@ -200,7 +201,7 @@ fn ferry_on_cgroup2(env: &TestEnv, args: &[&str]) -> ferry_integration::cmd::Out
 }
 
 #[test]
-fn cr_restore_on_cgroup2_moves_the_init_before_its_namespaces_twice() {
+fn cr_restore_on_cgroup2_clones_the_init_into_its_cgroup_twice() {
     let env = TestEnv::new("crcg2");
     let id = env.id("c");
     let b = counter_bundle(&env, &id);
@@ -236,7 +237,7 @@ fn cr_restore_on_cgroup2_moves_the_init_before_its_namespaces_twice() {
             cg.lines().any(|l| l == want),
             "round {round}: init {pid} in its cgroup2 cgroup {want}: {cg}"
         );
-        // Its cgroup namespace was made after the move: seen from inside, it is at the root.
+        // Born in its cgroup, it made its cgroup namespace there: seen from inside, at the root.
         let o = ferry_integration::cmd::run(
             std::process::Command::new("nsenter").args([
                 "-t",

@@ -7,6 +7,7 @@
 //! (PID 1 reaps orphans lazily on this kind of machine), anything else is reported by pid and
 //! name before a single task is forked.
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use ferry_images::pb;
@@ -132,6 +133,24 @@ struct CloneArgs {
 /// `clone3` as a fork (SIGCHLD to the parent, no shared memory) with `flags` and, when given, the
 /// pid the child gets in the innermost pid namespace: 0 in the child, its pid in the parent.
 pub fn clone3_fork(flags: u64, set_tid: Option<u32>) -> std::io::Result<u32> {
+    clone3_fork_args(flags, set_tid, None)
+}
+
+/// [`clone3_fork`] whose child is born in the cgroup v2 directory open as `cgroup`
+/// (`CLONE_INTO_CGROUP`: no later move through `cgroup.procs`, so no wait on the kernel's cgroup
+/// threadgroup lock).
+pub fn clone3_fork_into_cgroup(flags: u64, cgroup: RawFd) -> std::io::Result<u32> {
+    clone3_fork_args(flags | CLONE_INTO_CGROUP, None, Some(cgroup))
+}
+
+/// clone3's flag for [`CloneArgs::cgroup`] (linux/sched.h; libc does not name it).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone3_fork_args(
+    flags: u64,
+    set_tid: Option<u32>,
+    cgroup: Option<RawFd>,
+) -> std::io::Result<u32> {
     let want = set_tid.map(u64::from);
     let args = CloneArgs {
         flags,
@@ -144,11 +163,11 @@ pub fn clone3_fork(flags: u64, set_tid: Option<u32>) -> std::io::Result<u32> {
         tls: 0,
         set_tid: want.as_ref().map_or(0, |w| w as *const u64 as u64),
         set_tid_size: u64::from(want.is_some()),
-        cgroup: 0,
+        cgroup: cgroup.map_or(0, |fd| fd as u64),
     };
     // SAFETY: clone3 without CLONE_VM duplicates the process like fork(); every caller is
-    // single-threaded (the restore coordinator or a task it forked), so the child's copy of
-    // every lock is consistent. `want` outlives the call.
+    // single-threaded (the restore coordinator, a task it forked, or ferry building a
+    // container), so the child's copy of every lock is consistent. `want` outlives the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,

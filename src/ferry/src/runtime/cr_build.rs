@@ -9,6 +9,8 @@
 //! directory, `state.json` and saved config are libcontainer's, so `state`, `ps`, `exec`,
 //! `pause`, `kill` and `delete` treat the restored container like any other.
 //!
+//! On cgroup v2 the init is cloned straight into its cgroup (`CLONE_INTO_CGROUP`).
+//!
 //! A new time namespace (the images' tree had one) must get its offsets before any task is in
 //! it, so ferry makes it for its children (`unshare`), writes the offsets, clones the init into
 //! it and returns to its own.
@@ -33,9 +35,8 @@ use super::cr_error::CrError;
 pub const MSG_ERROR: u8 = b'E';
 /// init → ferry: run the prestart and createRuntime hooks; ferry → init: they ran.
 pub const MSG_HOOKS: u8 = b'H';
-/// ferry → init: the user namespace's id maps are written and (cgroup v2) the init moved into
-/// its cgroup: it may enter its other namespaces.
-pub const MSG_SET_UP: u8 = b'M';
+/// ferry → init: the user namespace's id maps are written.
+pub const MSG_MAPPED: u8 = b'M';
 /// init → ferry: namespaces, cgroups and rootfs are ready.
 pub const MSG_READY: u8 = b'R';
 /// ferry → init: restore the tree.
@@ -350,7 +351,6 @@ pub fn build(req: Request) -> Result<Built, CrError> {
         rootfs,
         no_pivot: req.no_pivot,
         userns: userns.is_some(),
-        wait_set_up: userns.is_some() || cgroups.moved_from_outside(),
         cgroup_tasks: cgroups.v1_tasks().to_vec(),
         console_fd: console.as_ref().map(|c| c.as_raw_fd()),
         state: container.state.clone(),
@@ -382,7 +382,10 @@ pub fn build(req: Request) -> Result<Built, CrError> {
         .map(|o| enter_child_time_ns(&o))
         .transpose()
         .map_err(&err)?;
-    let cloned = ferry_engine::pstree::restore::clone3_fork(flags, None);
+    let cloned = match undo.cgroups.as_ref().and_then(Cgroups::v2_dir) {
+        Some(dir) => ferry_engine::pstree::restore::clone3_fork_into_cgroup(flags, dir),
+        None => ferry_engine::pstree::restore::clone3_fork(flags, None),
+    };
     if let Ok(0) = cloned {
         super::cr_build_init::run(&plan, init_chan);
     }
@@ -399,15 +402,16 @@ pub fn build(req: Request) -> Result<Built, CrError> {
     undo.init = Some((pid, pidfd_copy));
     if let Some(u) = &userns {
         let p = nix::unistd::Pid::from_raw(pid);
+        // The init waits for these before it takes its ids in the namespace.
         u.write_uid_mapping(p)
             .and_then(|()| u.write_gid_mapping(p))
             .map_err(|e| err(format!("write the id maps of init {pid}: {e}")))?;
     }
-    if let Some(c) = &mut undo.cgroups {
-        c.limit(&plan.spec, pid)?;
+    if plan.userns {
+        send(&chan, MSG_MAPPED, b"");
     }
-    if plan.wait_set_up {
-        send(&chan, MSG_SET_UP, b"");
+    if let Some(c) = &mut undo.cgroups {
+        c.limit(&plan.spec)?;
     }
     container
         .set_pid(pid)

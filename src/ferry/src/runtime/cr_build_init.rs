@@ -5,9 +5,9 @@
 //! nothing that the images give back (credentials, capabilities, seccomp, rlimits, the process
 //! itself come from them, as CRIU restores them under runc):
 //!
-//! 1. joins its cgroups itself, by writing "0" to each v1 hierarchy's `tasks` (`cr_cgroups`);
-//! 2. in a new user namespace, waits for ferry to write its id maps (on cgroup v2, to move it into
-//!    its cgroup), then becomes its root;
+//! 1. joins its cgroups itself, by writing "0" to each v1 hierarchy's `tasks` (`cr_cgroups`; on
+//!    cgroup v2 it was cloned into its cgroup);
+//! 2. in a new user namespace, waits for ferry to write its id maps, then becomes its root;
 //! 3. enters the config's other namespaces (joins those with a path, makes the others; mount last);
 //! 4. builds the rootfs with libcontainer's own code (mounts, devices, symlinks), lets ferry run
 //!    the prestart and createRuntime hooks, runs createContainer, then pivot_root (or, with
@@ -29,7 +29,7 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::cr_build::{recv, send, MSG_ERROR, MSG_HOOKS, MSG_READY, MSG_SET_UP, MSG_START};
+use super::cr_build::{recv, send, MSG_ERROR, MSG_HOOKS, MSG_MAPPED, MSG_READY, MSG_START};
 
 /// What the engine's in-place restore is given (all fds opened by ferry before the clone).
 #[derive(Clone, Debug)]
@@ -58,8 +58,6 @@ pub struct InitPlan {
     pub no_pivot: bool,
     /// A new user namespace (ferry writes its maps).
     pub userns: bool,
-    /// Wait for ferry's id maps or cgroup v2 move before entering the other namespaces.
-    pub wait_set_up: bool,
     /// v1 `tasks` files to join.
     pub cgroup_tasks: Vec<PathBuf>,
     /// The connected `--console-socket`, for a terminal container.
@@ -112,10 +110,8 @@ fn steps(plan: &InitPlan, chan: &OwnedFd) -> Result<Infallible, String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // Still the host's root (in a new user namespace, before its maps): the cgroup files are ours.
     super::cr_cgroups::join_v1(&plan.cgroup_tasks)?;
-    if plan.wait_set_up {
-        expect(chan, MSG_SET_UP, "its id maps and cgroups")?;
-    }
     if plan.userns {
+        expect(chan, MSG_MAPPED, "its user namespace's id maps")?;
         become_ns_root()?;
     }
     let linux = plan

@@ -14,6 +14,7 @@
 //! The directories are libcgroups' own (its v1 controllers at its paths), so `delete` finds
 //! and removes them like those of any container.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{
@@ -49,8 +50,8 @@ pub struct Cgroups {
     manager: Option<AnyCgroupManager>,
     /// Each v1 hierarchy's `tasks` file in the container's cgroup (the init writes "0").
     v1_tasks: Vec<PathBuf>,
-    /// cgroup v2 only: the init is moved from outside.
-    unified: bool,
+    /// cgroup v2 only: the container's cgroup directory, for `CLONE_INTO_CGROUP`.
+    unified: Option<OwnedFd>,
 }
 
 fn cgroup_err(stage: impl Into<String>) -> impl FnOnce(String) -> CrError {
@@ -105,6 +106,35 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where the cgroup2 hierarchy is on a cgroup v2 host (libcgroups' default root).
+const V2_ROOT: &str = "/sys/fs/cgroup";
+
+/// cgroup v2: makes `path` under `root` with every available controller enabled on the way
+/// down (not in the leaf, which holds the tasks), as libcgroups' v2 manager does when it moves
+/// a task in; returns the leaf open.
+fn make_v2(root: &Path, path: &Path) -> Result<OwnedFd, CrError> {
+    let list = root.join("cgroup.controllers");
+    let controllers = std::fs::read_to_string(&list).map_err(CrError::io("read", &list))?;
+    let enable: String = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c} "))
+        .collect();
+    let mut cur = root.to_path_buf();
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    for part in rel.components() {
+        // Best effort, like libcgroups: a controller another cgroup holds busy stays off.
+        let _ = std::fs::write(cur.join("cgroup.subtree_control"), enable.trim());
+        cur.push(part);
+        match std::fs::create_dir(&cur) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(CrError::io("create cgroup", &cur)(e)),
+        }
+    }
+    let dir = std::fs::File::open(&cur).map_err(CrError::io("open cgroup", &cur))?;
+    Ok(OwnedFd::from(dir))
+}
+
 /// `path` joined under `base` even when absolute (libcgroups' join).
 fn join_under(base: &Path, path: &Path) -> PathBuf {
     base.join(path.strip_prefix("/").unwrap_or(path))
@@ -141,9 +171,11 @@ impl Cgroups {
         let path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
         let setup = libcgroups::common::get_cgroup_setup()
             .map_err(|e| cgroup_err(&stage)(e.to_string()))?;
-        let unified = matches!(setup, CgroupSetup::Unified);
+        let mut unified = None;
         let mut v1_tasks = Vec::new();
-        if !unified {
+        if matches!(setup, CgroupSetup::Unified) {
+            unified = Some(make_v2(Path::new(V2_ROOT), &path)?);
+        } else {
             let points = v1_mount_points()?;
             for ctrl in V1_CONTROLLERS {
                 let name = ctrl.to_string();
@@ -189,24 +221,17 @@ impl Cgroups {
         &self.v1_tasks
     }
 
-    /// Whether ferry moves the init in from outside (cgroup v2) before it enters its namespaces.
-    pub fn moved_from_outside(&self) -> bool {
-        self.unified
+    /// cgroup v2: the container's cgroup, open, for the init's `CLONE_INTO_CGROUP`.
+    pub fn v2_dir(&self) -> Option<RawFd> {
+        self.unified.as_ref().map(|fd| fd.as_raw_fd())
     }
 
-    /// Once the init (host pid `pid`) exists: on cgroup v2 moves it in from outside (libcgroups
-    /// makes the cgroup and enables its controllers on the move); then applies the config's
-    /// resources. On v1 this runs while the init builds its rootfs (libcgroups' manager reads
-    /// mountinfo once per controller: about 1 ms here), and always before the tree is restored.
-    pub fn limit(&mut self, spec: &Spec, pid: i32) -> Result<(), CrError> {
+    /// Applies the config's resources, once the init exists and while it builds its rootfs
+    /// (libcgroups' manager reads mountinfo once per controller: about 1 ms here), always
+    /// before the tree is restored.
+    pub fn limit(&mut self, spec: &Spec) -> Result<(), CrError> {
         let stage = format!("cgroups of container {}", self.id);
-        let unified = self.unified;
         let manager = self.manager().map_err(cgroup_err(&stage))?;
-        if unified {
-            manager
-                .add_task(nix::unistd::Pid::from_raw(pid))
-                .map_err(|e| cgroup_err(&stage)(format!("move init {pid}: {e}")))?;
-        }
         let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
             return Ok(());
         };
