@@ -16,6 +16,7 @@ mod bind_stage;
 mod checkpoint;
 mod cr_error;
 mod cr_freezer;
+mod cr_inputs;
 mod cr_mounts;
 mod cr_paths;
 mod cr_restore;
