@@ -36,6 +36,7 @@ use crate::mounts::MountDumpOpts;
 use crate::net::NetLock;
 use crate::timens::dump_timens;
 pub use crate::timens::{time_offsets, timens_image_name, TimeOffsets};
+pub use crate::tree_images::TreeImages;
 
 /// Errors of the container-level stages; each names its stage.
 #[derive(Debug, thiserror::Error)]
@@ -354,8 +355,6 @@ fn dump_resources(
 pub struct ResourceRestoreOptions {
     /// Host pid of the prepared (waiting) init.
     pub pid: i32,
-    /// Image directory.
-    pub images_dir: PathBuf,
     /// Cgroup handling.
     pub cgroups: CgroupMode,
     /// Tag of the network lock's table.
@@ -395,34 +394,19 @@ impl RestoredResources {
 /// The root task's namespace ids as the images record them (`ids-PID.img` or `core.ids`).
 pub fn image_ns_ids(dir: &ImageDir) -> Result<pb::TaskKobjIdsEntry, ContainerError> {
     let tree: Vec<pb::PstreeEntry> = dir.read_entries("pstree.img")?;
-    let root = tree.first().ok_or_else(|| ContainerError::NotSupported {
-        stage: "read images",
-        what: "an empty pstree.img".into(),
-    })?;
-    let ids_name = format!("ids-{}.img", root.pid);
-    if dir.has(&ids_name) {
-        return Ok(dir.read_one(&ids_name)?);
-    }
-    let core: pb::CoreEntry = dir.read_one(&format!("core-{}.img", root.pid))?;
-    core.ids.ok_or_else(|| ContainerError::NotSupported {
-        stage: "read images",
-        what: format!(
-            "task {}: no ids-{}.img and no ids in its core",
-            root.pid, root.pid
-        ),
-    })
+    crate::tree_images::root_ids(dir, &tree)
 }
 
-/// Fills the prepared namespaces of `opts.pid` from the images: hostname, IPC objects, links
-/// (under the network lock), tmpfs contents, cgroups. Anything done is undone on error.
+/// Fills the prepared namespaces of `opts.pid` from the images (`images`, read by the
+/// runtime's checks): hostname, IPC objects, links (under the network lock), tmpfs contents,
+/// cgroups. Anything done is undone on error.
 pub fn restore_resources(
     opts: &ResourceRestoreOptions,
+    images: &TreeImages,
     log: &mut crate::restore::Log,
 ) -> Result<RestoredResources, ContainerError> {
-    let dir = ImageDir::open(&opts.images_dir)?;
-    let ids = image_ns_ids(&dir)?;
     let mut done = RestoredResources::default();
-    match restore_into(opts, &dir, &ids, &mut done, log) {
+    match restore_into(opts, images, &mut done, log) {
         Ok(()) => Ok(done),
         Err(e) => {
             if let Err(u) = done.undo() {
@@ -438,16 +422,16 @@ pub fn restore_resources(
 
 fn restore_into(
     opts: &ResourceRestoreOptions,
-    dir: &ImageDir,
-    ids: &pb::TaskKobjIdsEntry,
+    images: &TreeImages,
     done: &mut RestoredResources,
     log: &mut crate::restore::Log,
 ) -> Result<(), ContainerError> {
+    let (dir, ids) = (&images.dir, &images.root_ids);
     let pid = opts.pid;
     // The new container's maps (the runtime made its user namespace from the bundle's
     // config): the images' ids inside go to host ids through them.
     let userns = crate::userns::restore::of_init(pid)?;
-    if userns.is_none() && crate::userns::restore::image_userns(dir)?.is_some() {
+    if userns.is_none() && crate::userns::restore::tree_userns(images)?.is_some() {
         return Err(ContainerError::NotSupported {
             stage: "user namespace",
             what: format!(
@@ -672,7 +656,7 @@ mod tests {
                 && refill.iter().all(|(mp, _)| mp != "/dev"),
             "{refill:?}"
         );
-        let ids = crate::userns::restore::image_ids(&dir).unwrap();
+        let ids = crate::userns::restore::image_ids(&TreeImages::read(dir).unwrap()).unwrap();
         assert!(ids.uids.contains_key(&0), "{ids:?}");
     }
 
@@ -712,6 +696,10 @@ mod tests {
         };
         crate::userns::dump::write(&dir, 4, &ns).unwrap();
         let (id, got) = crate::userns::restore::image_userns(&dir).unwrap().unwrap();
+        assert_eq!((id, got), (4, ns.clone()));
+        // The same from the images read once (a runtime's checks).
+        let read = TreeImages::read(dir).unwrap();
+        let (id, got) = crate::userns::restore::tree_userns(&read).unwrap().unwrap();
         assert_eq!((id, got), (4, ns));
     }
 

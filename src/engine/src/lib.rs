@@ -19,6 +19,7 @@ pub mod restore_task;
 pub mod restore_verify;
 pub mod restorer;
 pub mod stage;
+pub mod tree_images;
 
 pub mod creds;
 pub mod files;

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 
 use ferry_images::{pb, ImageDir};
 
-use crate::container::{image_ns_ids, ContainerError};
+use crate::container::{ContainerError, TreeImages};
 
 /// Name of the time namespace image (CRIU's `timens-ID.img`).
 pub fn timens_image_name(ns_id: u32) -> String {
@@ -109,11 +109,10 @@ pub(crate) fn dump_timens(
 pub type TimeOffsets = [(&'static str, i64, u32); 2];
 
 /// See [`TimeOffsets`].
-pub fn time_offsets(dir: &ImageDir) -> Result<Option<TimeOffsets>, ContainerError> {
-    let root = image_ns_ids(dir)?;
-    let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
-    let (Some(mine), Some(theirs)) = (root.time_ns_id, inv.root_ids.and_then(|r| r.time_ns_id))
-    else {
+pub fn time_offsets(images: &TreeImages) -> Result<Option<TimeOffsets>, ContainerError> {
+    let dir = &images.dir;
+    let theirs = images.dumper_ids().and_then(|r| r.time_ns_id);
+    let (Some(mine), Some(theirs)) = (images.root_ids.time_ns_id, theirs) else {
         return Ok(None);
     };
     if mine == theirs {

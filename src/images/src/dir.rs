@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::dynamic::{self, Image};
 use crate::framing::{FrameError, ImageReader, ImageWriter};
@@ -159,19 +160,34 @@ pub struct DirFile {
 }
 
 /// An image directory on disk.
+///
+/// Opening one only checks that the directory can be read: a restore reads a handful of
+/// images by name, so the listing (one stat per file) is made on the first [`ImageDir::files`]
+/// call, by what walks the whole directory (`ferry image verify`, `show`).
 #[derive(Debug, Clone)]
 pub struct ImageDir {
     path: PathBuf,
-    files: Vec<DirFile>,
+    files: OnceLock<Vec<DirFile>>,
 }
 
 impl ImageDir {
-    /// Opens and lists an existing directory.
+    /// Opens an existing directory; fails as listing it would (missing, not a directory, not
+    /// readable).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DirError> {
         let path = path.as_ref().to_path_buf();
+        // opendir(3) only: the error a listing would give, without reading the entries.
+        drop(std::fs::read_dir(&path).map_err(io(&path, "read directory"))?);
+        Ok(Self {
+            path,
+            files: OnceLock::new(),
+        })
+    }
+
+    /// Lists the regular files of `path`, sorted by name.
+    fn list(path: &Path) -> Result<Vec<DirFile>, DirError> {
         let mut files = Vec::new();
-        for e in std::fs::read_dir(&path).map_err(io(&path, "read directory"))? {
-            let e = e.map_err(io(&path, "read directory"))?;
+        for e in std::fs::read_dir(path).map_err(io(path, "read directory"))? {
+            let e = e.map_err(io(path, "read directory"))?;
             let md = e.metadata().map_err(io(&e.path(), "stat"))?;
             if !md.is_file() {
                 continue;
@@ -193,7 +209,7 @@ impl ImageDir {
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self { path, files })
+        Ok(files)
     }
 
     /// Creates the directory (if needed) for writing a new checkpoint.
@@ -208,15 +224,20 @@ impl ImageDir {
         &self.path
     }
 
-    /// Files as listed when opened (or last refreshed), sorted by name.
-    pub fn files(&self) -> &[DirFile] {
-        &self.files
+    /// The regular files, sorted by name: listed on the first call (or the first after
+    /// [`ImageDir::refresh`]), the same list after.
+    pub fn files(&self) -> Result<&[DirFile], DirError> {
+        if let Some(f) = self.files.get() {
+            return Ok(f);
+        }
+        let listed = Self::list(&self.path)?;
+        Ok(self.files.get_or_init(|| listed))
     }
 
-    /// Re-lists the directory.
+    /// Forgets the listing: the next [`ImageDir::files`] lists the directory again.
     pub fn refresh(&mut self) -> Result<(), DirError> {
-        *self = Self::open(&self.path)?;
-        Ok(())
+        self.files = OnceLock::new();
+        self.files().map(|_| ())
     }
 
     /// True when `name` exists.
@@ -330,6 +351,46 @@ mod tests {
         assert_eq!(n("pages-1.img"), None);
         assert_eq!(n("tmpfs-dev-41.tar.gz.img"), None);
         assert_eq!(n("whatever.img"), None);
+    }
+
+    #[test]
+    fn open_checks_the_directory_and_lists_on_first_use() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("nope");
+        let err = ImageDir::open(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("nope") && err.contains("read directory"),
+            "{err}"
+        );
+        std::fs::write(t.path().join("plain"), b"x").unwrap();
+        let err = ImageDir::open(t.path().join("plain"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read directory"), "{err}");
+
+        let mut d = ImageDir::open(t.path()).unwrap();
+        // Listed at the first call, not at open: a file made in between is seen.
+        std::fs::write(t.path().join("pstree.img"), b"").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        let names: Vec<&str> = d.files().unwrap().iter().map(|f| &*f.name).collect();
+        assert_eq!(names, ["plain", "pstree.img"]);
+        assert_eq!(
+            d.files().unwrap()[1].class,
+            FileClass::Image(kind_for_name("pstree.img").unwrap())
+        );
+        // The same list after, until a refresh.
+        std::fs::write(t.path().join("pages-1.img"), b"1234").unwrap();
+        assert_eq!(d.files().unwrap().len(), 2);
+        d.refresh().unwrap();
+        let f = d.files().unwrap();
+        assert_eq!(
+            (f[0].name.as_str(), f[0].size, &f[0].class),
+            ("pages-1.img", 4, &FileClass::Raw)
+        );
+        // A directory gone after open: the listing fails with its path.
+        std::fs::remove_dir_all(t.path()).unwrap();
+        let err = d.refresh().unwrap_err().to_string();
+        assert!(err.contains("read directory"), "{err}");
     }
 
     #[test]

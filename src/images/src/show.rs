@@ -367,7 +367,7 @@ pub fn render(d: &ImageDir) -> Result<String, DirError> {
     }
 
     for f in d
-        .files()
+        .files()?
         .iter()
         .filter(|f| f.name.starts_with("mountpoints-"))
     {
@@ -400,7 +400,7 @@ pub fn render(d: &ImageDir) -> Result<String, DirError> {
         }
     }
     let raw: Vec<String> = d
-        .files()
+        .files()?
         .iter()
         .filter(|f| f.name.starts_with("tmpfs-"))
         .map(|f| format!("{} ({} bytes)", f.name, f.size))

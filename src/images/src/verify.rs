@@ -88,7 +88,11 @@ pub fn verify(d: &ImageDir) -> Report {
 }
 
 fn framing(cx: &mut Ctx<'_>) {
-    for f in cx.d.files().to_vec() {
+    let files = match cx.d.files() {
+        Ok(f) => f,
+        Err(e) => return cx.err(e.to_string()),
+    };
+    for f in files {
         let expected = match &f.class {
             FileClass::Image(k) => Some(*k),
             FileClass::Unknown => None,
@@ -216,7 +220,8 @@ fn cross_references(cx: &mut Ctx<'_>) {
         }
         pagemaps.insert(format!("pagemap-{}.img", p.pid), mm.map(|m| m.vmas));
     }
-    for f in cx.d.files() {
+    // A directory that could not be listed is already reported by `framing`.
+    for f in cx.d.files().unwrap_or_default() {
         if f.name.starts_with("pagemap-shmem-") {
             pagemaps.insert(f.name.clone(), None);
         }
@@ -320,7 +325,7 @@ fn pages(cx: &mut Ctx<'_>, pagemaps: BTreeMap<String, Option<Vec<pb::VmaEntry>>>
             ));
         }
     }
-    for f in cx.d.files() {
+    for f in cx.d.files().unwrap_or_default() {
         if f.name.starts_with("pages-") && f.name.ends_with(".img") && !used_pages.contains(&f.name)
         {
             cx.err(format!(

@@ -243,7 +243,15 @@ pub fn check_flag(dir: &ImageDir, tcp_established: bool) -> Result<()> {
                 image: "files.img".into(),
                 what: e.to_string(),
             })?;
-    let conns: Vec<String> = connections(&files).into_iter().map(describe).collect();
+    check_files(&files, tcp_established)
+}
+
+/// [`check_flag`] on files.img's entries already read.
+pub fn check_files(files: &[pb::FileEntry], tcp_established: bool) -> Result<()> {
+    if tcp_established {
+        return Ok(());
+    }
+    let conns: Vec<String> = connections(files).into_iter().map(describe).collect();
     if conns.is_empty() {
         return Ok(());
     }

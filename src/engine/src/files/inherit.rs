@@ -174,8 +174,17 @@ pub fn key_of(f: &pb::FileEntry, tty_infos: &BTreeMap<u32, pb::TtyInfoEntry>) ->
 /// Every key the fds of the images offer (what a caller may inherit).
 pub fn keys_in(dir: &ferry_images::ImageDir) -> Result<BTreeSet<String>, RestoreError> {
     let files = super::restore::load_files(dir)?;
+    keys_of(files.values(), dir)
+}
+
+/// [`keys_in`] for files.img's entries already read (one per id: the restore keeps the last
+/// entry of an id), reading only the terminals' tty-info from `dir`.
+pub fn keys_of<'a>(
+    files: impl IntoIterator<Item = &'a pb::FileEntry>,
+    dir: &ferry_images::ImageDir,
+) -> Result<BTreeSet<String>, RestoreError> {
     let ttys = super::restore::load_tty_infos(dir)?;
-    Ok(files.values().filter_map(|f| key_of(f, &ttys)).collect())
+    Ok(files.into_iter().filter_map(|f| key_of(f, &ttys)).collect())
 }
 
 /// The description an entry gets from its inherited fd `src`: a pipe end is reopened with the

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use ferry_images::{pb, ImageDir};
 
+use crate::tree_images::TreeImages;
+
 use super::{UserNs, UsernsError, NO_ID};
 
 fn image_err(e: impl std::fmt::Display) -> UsernsError {
@@ -19,7 +21,20 @@ fn image_err(e: impl std::fmt::Display) -> UsernsError {
 pub fn image_userns(dir: &ImageDir) -> Result<Option<(u32, UserNs)>, UsernsError> {
     let root = crate::container::image_ns_ids(dir).map_err(image_err)?;
     let inv: pb::InventoryEntry = dir.read_one("inventory.img")?;
-    let dumper = inv.root_ids.and_then(|r| r.user_ns_id);
+    userns_of(dir, &root, &inv)
+}
+
+/// [`image_userns`] of images already read.
+pub fn tree_userns(images: &TreeImages) -> Result<Option<(u32, UserNs)>, UsernsError> {
+    userns_of(&images.dir, &images.root_ids, &images.inventory)
+}
+
+fn userns_of(
+    dir: &ImageDir,
+    root: &pb::TaskKobjIdsEntry,
+    inv: &pb::InventoryEntry,
+) -> Result<Option<(u32, UserNs)>, UsernsError> {
+    let dumper = inv.root_ids.as_ref().and_then(|r| r.user_ns_id);
     let Some(id) = root
         .user_ns_id
         .filter(|id| dumper.is_some_and(|d| d != *id))
@@ -65,10 +80,10 @@ impl ImageIds {
 
 /// Collects the ids of the tasks' credentials and groups, the IPC objects' owners and the
 /// owners in the tmpfs archives a container restore extracts.
-pub fn image_ids(dir: &ImageDir) -> Result<ImageIds, UsernsError> {
+pub fn image_ids(images: &TreeImages) -> Result<ImageIds, UsernsError> {
+    let (dir, root) = (&images.dir, &images.root_ids);
     let mut ids = ImageIds::default();
-    let tree: Vec<pb::PstreeEntry> = dir.read_entries("pstree.img")?;
-    for t in &tree {
+    for t in &images.tree {
         let tids = if t.threads.is_empty() {
             vec![t.pid]
         } else {
@@ -93,7 +108,6 @@ pub fn image_ids(dir: &ImageDir) -> Result<ImageIds, UsernsError> {
             }
         }
     }
-    let root = crate::container::image_ns_ids(dir).map_err(image_err)?;
     if let Some(ns) = root.ipc_ns_id {
         if dir.has(&crate::ipc::image_names(ns)[0]) {
             for d in crate::ipc::restore::descs(dir, ns).map_err(image_err)? {
@@ -139,16 +153,15 @@ pub fn check_ids(ids: &ImageIds, ns: &UserNs) -> Result<(), UsernsError> {
 /// The runtime's check before anything is made: images of a tree in its own user namespace
 /// need a config that makes one (`config_ns`: its uidMappings/gidMappings, `None` when it
 /// makes no user namespace), and every id the images hold must have a place in it.
-pub fn check_config(dir: &ImageDir, config_ns: Option<&UserNs>) -> Result<(), UsernsError> {
-    let images = image_userns(dir)?;
-    match (images, config_ns) {
+pub fn check_config(images: &TreeImages, config_ns: Option<&UserNs>) -> Result<(), UsernsError> {
+    match (tree_userns(images)?, config_ns) {
         (None, None) => Ok(()),
         (Some(_), None) => Err(UsernsError::NotSupported {
             what: "the images' tree has its own user namespace; the config makes none (add \
                    {\"type\": \"user\"} to linux.namespaces, with uidMappings and gidMappings)"
                 .into(),
         }),
-        (_, Some(ns)) => check_ids(&image_ids(dir)?, ns),
+        (_, Some(ns)) => check_ids(&image_ids(images)?, ns),
     }
 }
 

@@ -143,7 +143,9 @@ where
     let raw: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cmd = command();
     let rewritten = argv::rewrite(&cmd, raw);
-    let matches = match cmd.clone().try_get_matches_from(&rewritten) {
+    // The tree is built once per process: parsing consumes it (a clone copied every
+    // subcommand's arguments).
+    let matches = match cmd.try_get_matches_from(&rewritten) {
         Ok(m) => m,
         Err(err) => return clap_error(err),
     };

@@ -2,7 +2,8 @@
 //!
 //! 1. Checks before anything is made: options, the image directory (inventory and tree images,
 //!    descriptors.json and whether its stdio can be reconnected), the bundle (a user namespace
-//!    must have a place for every id of the images: `cr_userns`).
+//!    must have a place for every id of the images: `cr_userns`). Each file is read once
+//!    (`cr_inputs`) and what was read is handed on to the later stages.
 //! 2. ferry builds the container from the bundle's config (adjusted by `cr_spec`): state
 //!    directory, cgroups, namespaces, rootfs and mounts, with an init that waits for `start`
 //!    (`cr_build`, `cr_build_init`).
@@ -22,10 +23,13 @@ use std::time::Duration;
 
 use libcontainer::container::Container;
 
+use ferry_engine::container::TreeImages;
+
 use super::checkpoint::{cgroup_mode, refuse_unsupported};
 use super::cr_build::{Built, Request};
 use super::cr_build_init::InitArgs;
 use super::cr_error::CrError;
+use super::cr_inputs::{BundleConfig, Images};
 use super::cr_opts::RestoreOpts;
 use super::cr_paths::CrPaths;
 use super::{cr_spec, cr_stdio, cr_userns, Ctx};
@@ -41,37 +45,6 @@ const RESTORE_LOG_LEVEL: u8 = ferry_engine::log::INFO;
 pub struct Restored {
     /// Host pid of its init.
     pub pid: i32,
-}
-
-/// Checks the image directory enough to refuse before anything is created.
-pub fn check_images(id: &str, dir: &Path) -> Result<Vec<String>, CrError> {
-    let bad = |problem: String| CrError::BadImages {
-        id: id.to_string(),
-        path: dir.to_path_buf(),
-        problem,
-    };
-    if !dir.is_dir() {
-        return Err(bad("does not exist or is not a directory".into()));
-    }
-    for f in ["inventory.img", "pstree.img"] {
-        if !dir.join(f).is_file() {
-            return Err(bad(format!("{f} is missing: not a checkpoint")));
-        }
-    }
-    let descs = cr_stdio::read(dir).map_err(|e| bad(e.to_string()))?;
-    if descs.len() != 3 {
-        return Err(bad(format!(
-            "{} holds {} entries, want 3 (stdin, stdout, stderr)",
-            cr_stdio::DESCRIPTORS,
-            descs.len()
-        )));
-    }
-    let idir = ferry_images::ImageDir::open(dir).map_err(|e| bad(e.to_string()))?;
-    let ids = ferry_engine::container::image_ns_ids(&idir).map_err(|e| bad(e.to_string()))?;
-    if ids.pid_ns_id.is_none() {
-        return Err(bad("the tree's root task has no pid namespace id".into()));
-    }
-    Ok(descs)
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, CrError> {
@@ -138,27 +111,25 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         ));
     }
     let paths = CrPaths::resolve(&opts.common)?;
-    let descs = check_images(id, &paths.images)?;
+    // Every image the checks need, read once and handed on.
+    let images = Images::read(id, &paths.images)?;
+    let descs = &images.descs;
     // CRIU's rule: images holding established TCP connections need --tcp-established.
-    if let Ok(dir) = ferry_images::ImageDir::open(&paths.images) {
-        ferry_engine::files::inet::restore::check_flag(&dir, opts.common.tcp_established).map_err(
-            |e| CrError::Refused {
-                stage: stage.clone(),
-                message: e.to_string(),
-            },
-        )?;
-    }
-    // Stdio pipes come back on ferry's own fds of the same numbers (the init inherits them).
-    let offered = ferry_images::ImageDir::open(&paths.images)
-        .map_err(|e| e.to_string())
-        .and_then(|d| ferry_engine::files::inherit::keys_in(&d).map_err(|e| e.to_string()))
-        .map_err(|problem| CrError::BadImages {
-            id: id.to_string(),
-            path: paths.images.clone(),
-            problem,
+    ferry_engine::files::inet::restore::check_files(&images.files, opts.common.tcp_established)
+        .map_err(|e| CrError::Refused {
+            stage: stage.clone(),
+            message: e.to_string(),
         })?;
+    // Stdio pipes come back on ferry's own fds of the same numbers (the init inherits them).
+    let offered =
+        ferry_engine::files::inherit::keys_of(images.files_by_id().into_values(), &images.tree.dir)
+            .map_err(|e| CrError::BadImages {
+                id: id.to_string(),
+                path: paths.images.clone(),
+                problem: e.to_string(),
+            })?;
     let inherit_fds = cr_stdio::inherit_list(
-        &descs,
+        descs,
         &offered,
         opts.console_socket.is_some(),
         cr_stdio::own_fd_open,
@@ -175,23 +146,27 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
         other => other,
     })?;
     let bundle = cr_spec::bundle_dir(opts.bundle.as_deref())?;
+    let config = BundleConfig::read(&bundle)?;
     // A user namespace: the images' ids must all have a place in the config's mappings.
-    let userns = cr_userns::check(&bundle, &paths.images)?;
+    let userns = cr_userns::check(&config, &images.tree)?;
     // A terminal container's init gets a new console; its master goes to --console-socket.
-    let console = cr_stdio::has_terminal(&descs)
+    let console = cr_stdio::has_terminal(descs)
         .then(|| opts.console_socket.clone())
         .flatten();
     // A tree in its own time namespace: offsets taken now, right before the container is
     // built, so that its clocks go on from the images' (CRIU's timens restore).
-    let time = ferry_images::ImageDir::open(&paths.images)
-        .map_err(|e| e.to_string())
-        .and_then(|d| ferry_engine::container::time_offsets(&d).map_err(|e| e.to_string()))
-        .map_err(|problem| CrError::BadImages {
+    let time =
+        ferry_engine::container::time_offsets(&images.tree).map_err(|e| CrError::BadImages {
             id: id.to_string(),
             path: paths.images.clone(),
-            problem,
+            problem: e.to_string(),
         })?;
-    let mut rb = cr_spec::prepare((&ctx.root, id), &bundle, console.is_some(), time.as_ref())?;
+    let mut rb = cr_spec::prepare(
+        (&ctx.root, id),
+        (&bundle, config),
+        console.is_some(),
+        time.as_ref(),
+    )?;
     std::fs::create_dir_all(&paths.work)
         .map_err(CrError::io("create work directory", &paths.work))?;
     let images_fd = match &userns {
@@ -227,13 +202,11 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     // A failed build has removed what it made (and nothing of a container of that id made
     // meanwhile by someone else).
     let mut built = built?;
-    match run_restore(opts, &paths, &mut built, status_r) {
+    match run_restore(opts, &paths, &images.tree, &mut built, status_r) {
         Ok(pid) => {
             drop(images_fd);
-            if let Ok(old) = cr_stdio::read(&paths.images) {
-                let now = cr_stdio::restored_stdio(pid, &old);
-                cr_stdio::record(&ctx.container_dir(id), &now);
-            }
+            let now = cr_stdio::restored_stdio(pid, descs);
+            cr_stdio::record(&ctx.container_dir(id), &now);
             Ok(Restored { pid })
         }
         Err(failed) => {
@@ -256,6 +229,7 @@ type Failed = Box<(CrError, Option<ferry_engine::container::RestoredResources>)>
 fn run_restore(
     opts: &RestoreOpts,
     paths: &CrPaths,
+    images: &TreeImages,
     built: &mut Built,
     status_r: OwnedFd,
 ) -> Result<i32, Failed> {
@@ -268,11 +242,10 @@ fn run_restore(
         .map_err(plain)?;
     let ropts = ferry_engine::container::ResourceRestoreOptions {
         pid,
-        images_dir: paths.images.clone(),
         cgroups: cgroup_mode(opts.common.manage_cgroups_mode),
         lock_tag: format!("rs-{pid}"),
     };
-    let resources = ferry_engine::container::restore_resources(&ropts, &mut log)
+    let resources = ferry_engine::container::restore_resources(&ropts, images, &mut log)
         .map_err(|source| CrError::Resources {
             id: id.to_string(),
             source: Box::new(source),

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::cr_error::CrError;
+use super::cr_inputs::BundleConfig;
 
 /// A config written for one restore, removed on drop.
 pub struct RestoreBundle {
@@ -37,23 +38,22 @@ impl RestoreBundle {
     }
 }
 
-/// Writes the restore config for `bundle` into a fresh temporary directory; with `terminal`
-/// the init gets a new console (a terminal container restored with `--console-socket`); with
-/// `time` (the images' clocks, a tree in its own time namespace) the config's time namespace
-/// gets the offsets that make its clocks go on from the images'. Bind sources the mapped root
-/// of a user namespace could not reach are staged for container `id` under state root `root`.
+/// Writes the restore config for `bundle` (its `config`, as read) into a fresh temporary
+/// directory; with `terminal` the init gets a new console (a terminal container restored with
+/// `--console-socket`); with `time` (the images' clocks, a tree in its own time namespace) the
+/// config's time namespace gets the offsets that make its clocks go on from the images'. Bind
+/// sources the mapped root of a user namespace could not reach are staged for container `id`
+/// under state root `root`.
 pub fn prepare(
     (root, id): (&Path, &str),
-    bundle: &Path,
+    (bundle, config): (&Path, BundleConfig),
     terminal: bool,
     time: Option<&ferry_engine::container::TimeOffsets>,
 ) -> Result<RestoreBundle, CrError> {
-    let config = bundle.join("config.json");
-    let text = std::fs::read(&config).map_err(CrError::io("read bundle config", &config))?;
-    let mut spec: Value = serde_json::from_slice(&text).map_err(|source| CrError::Json {
-        stage: format!("parse {}", config.display()),
-        source,
-    })?;
+    let BundleConfig {
+        path: config,
+        mut spec,
+    } = config;
     let caps = own_capabilities()?;
     adjust(&mut spec, bundle, &caps);
     if terminal {

@@ -14,10 +14,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use ferry_engine::container::TreeImages;
 use ferry_engine::userns::{IdMap, UserNs};
 use serde_json::Value;
 
 use super::cr_error::CrError;
+use super::cr_inputs::BundleConfig;
 
 fn maps(v: &Value, key: &str) -> Result<IdMap, String> {
     let mut m = Vec::new();
@@ -61,25 +63,15 @@ pub fn config_userns(spec: &Value) -> Result<Option<UserNs>, String> {
     Ok(Some(UserNs { uid, gid }))
 }
 
-/// Reads `bundle`'s config and checks it against the images (see the module docs): returns
-/// its user namespace's mappings when it makes one.
-pub fn check(bundle: &Path, images: &Path) -> Result<Option<UserNs>, CrError> {
-    let config = bundle.join("config.json");
-    let text = std::fs::read(&config).map_err(CrError::io("read bundle config", &config))?;
-    let spec: Value = serde_json::from_slice(&text).map_err(|source| CrError::Json {
-        stage: format!("parse {}", config.display()),
-        source,
-    })?;
-    let stage = format!("restore config from {}", config.display());
-    let ns = config_userns(&spec).map_err(|what| CrError::NotSupported {
+/// Checks `config` (the bundle's) against the images: returns its user namespace's mappings
+/// when it makes one.
+pub fn check(config: &BundleConfig, images: &TreeImages) -> Result<Option<UserNs>, CrError> {
+    let stage = format!("restore config from {}", config.path.display());
+    let ns = config_userns(&config.spec).map_err(|what| CrError::NotSupported {
         stage: stage.clone(),
         what,
     })?;
-    let dir = ferry_images::ImageDir::open(images).map_err(|e| CrError::Refused {
-        stage: stage.clone(),
-        message: e.to_string(),
-    })?;
-    ferry_engine::userns::restore::check_config(&dir, ns.as_ref()).map_err(|e| {
+    ferry_engine::userns::restore::check_config(images, ns.as_ref()).map_err(|e| {
         CrError::Refused {
             stage,
             message: e.to_string(),

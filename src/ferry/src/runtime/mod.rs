@@ -19,6 +19,7 @@ mod cr_build_init;
 mod cr_cgroups;
 mod cr_error;
 mod cr_freezer;
+mod cr_inputs;
 mod cr_mounts;
 mod cr_paths;
 mod cr_restore;
