@@ -37,6 +37,8 @@ pub const MSG_ERROR: u8 = b'E';
 pub const MSG_HOOKS: u8 = b'H';
 /// ferry → init: the user namespace's id maps are written.
 pub const MSG_MAPPED: u8 = b'M';
+/// ferry → init: the config's cgroup limits are applied (devices among them: before any mknod).
+pub const MSG_LIMITED: u8 = b'L';
 /// init → ferry: namespaces, cgroups and rootfs are ready.
 pub const MSG_READY: u8 = b'R';
 /// ferry → init: restore the tree.
@@ -79,8 +81,10 @@ pub struct Request<'a> {
     pub root: &'a Path,
     /// The caller's bundle (recorded in the state).
     pub bundle: &'a Path,
-    /// The directory of the restore config (`cr_spec`).
-    pub config_dir: &'a Path,
+    /// The restore config (`cr_spec`).
+    pub spec: Spec,
+    /// The bundle's config.json it was made from (for messages).
+    pub config: &'a Path,
     /// `--no-pivot`.
     pub no_pivot: bool,
     /// `--console-socket`, for a terminal container.
@@ -292,8 +296,8 @@ pub fn build(req: Request) -> Result<Built, CrError> {
         stage: stage.clone(),
         source: Box::new(source),
     };
-    let config = req.config_dir.join("config.json");
-    let spec = Spec::load(&config).map_err(|e| err(format!("load {}: {e}", config.display())))?;
+    let config = req.config;
+    let spec = req.spec;
     refuse_unsupported(&spec, &stage)?;
     // libcontainer's checks of a config it builds from (namespaces, sysctls, mount options).
     libcontainer::validator::Validator::validate_spec(&spec)
@@ -413,6 +417,7 @@ pub fn build(req: Request) -> Result<Built, CrError> {
     if let Some(c) = &mut undo.cgroups {
         c.limit(&plan.spec)?;
     }
+    send(&chan, MSG_LIMITED, b"");
     container
         .set_pid(pid)
         .set_creator(nix::unistd::geteuid().as_raw());

@@ -8,7 +8,8 @@
 //! 1. joins its cgroups itself, by writing "0" to each v1 hierarchy's `tasks` (`cr_cgroups`; on
 //!    cgroup v2 it was cloned into its cgroup);
 //! 2. in a new user namespace, waits for ferry to write its id maps, then becomes its root;
-//! 3. enters the config's other namespaces (joins those with a path, makes the others; mount last);
+//! 3. enters the config's other namespaces (joins those with a path, makes the others; mount last)
+//!    while ferry applies the config's cgroup limits, which it waits for;
 //! 4. builds the rootfs with libcontainer's own code (mounts, devices, symlinks), lets ferry run
 //!    the prestart and createRuntime hooks, runs createContainer, then pivot_root (or, with
 //!    `--no-pivot`, MS_MOVE and chroot), sysctls, read-only root, read-only and masked paths;
@@ -29,7 +30,9 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::cr_build::{recv, send, MSG_ERROR, MSG_HOOKS, MSG_MAPPED, MSG_READY, MSG_START};
+use super::cr_build::{
+    recv, send, MSG_ERROR, MSG_HOOKS, MSG_LIMITED, MSG_MAPPED, MSG_READY, MSG_START,
+};
 
 /// What the engine's in-place restore is given (all fds opened by ferry before the clone).
 #[derive(Clone, Debug)]
@@ -141,6 +144,9 @@ fn steps(plan: &InitPlan, chan: &OwnedFd) -> Result<Infallible, String> {
                 .map_err(|e| format!("set domainname {d:?}: {e}"))?;
         }
     }
+    // The devices cgroup must allow what the rootfs makes (mknod) before it is made; ferry
+    // applies the limits while this process entered its namespaces.
+    expect(chan, MSG_LIMITED, "its cgroup limits")?;
     let rootfs = RootFS::new();
     rootfs
         .prepare_rootfs(

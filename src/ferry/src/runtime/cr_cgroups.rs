@@ -7,7 +7,7 @@
 //! only itself and skips that lock (`cgroup_procs_write_start`: no pid, no thread group), so it
 //! costs tens of microseconds. Hence the split: ferry creates the directories (with the cpuset
 //! copied down from the parent, as the v1 kernel requires before any task may join) before the
-//! init exists, and applies the config's resources while the init builds its rootfs; the init,
+//! init exists, and applies the config's resources while the init enters its namespaces; the init,
 //! single-threaded right after its clone, writes "0" to every hierarchy's `tasks`. On cgroup v2 there is no such file for a
 //! process: ferry moves the init through libcgroups (`cgroup.procs`), grace period included.
 //!
@@ -226,9 +226,10 @@ impl Cgroups {
         self.unified.as_ref().map(|fd| fd.as_raw_fd())
     }
 
-    /// Applies the config's resources, once the init exists and while it builds its rootfs
-    /// (libcgroups' manager reads mountinfo once per controller: about 1 ms here), always
-    /// before the tree is restored.
+    /// Applies the config's resources, once the init exists and while it enters its namespaces
+    /// (libcgroups' manager reads mountinfo once per controller: about 1 ms here); the init
+    /// waits for them before it builds its rootfs, whose device nodes the devices cgroup must
+    /// allow (libcgroups denies all, then allows the list).
     pub fn limit(&mut self, spec: &Spec) -> Result<(), CrError> {
         let stage = format!("cgroups of container {}", self.id);
         let manager = self.manager().map_err(cgroup_err(&stage))?;

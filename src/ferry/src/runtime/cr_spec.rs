@@ -9,7 +9,7 @@
 //! hostname, devices, hooks) and differs only in: the init's capabilities (ferry's permitted set),
 //! no seccomp, no LSM labels, no terminal (stdio comes from descriptors.json; a terminal
 //! container gets a new console whose slave stands for its old terminal), and absolute
-//! rootfs and bind-source paths (the config is written outside the bundle), with the sources a
+//! rootfs and bind-source paths (the build does not run in the bundle directory), with the sources a
 //! mapped root could not reach staged (bind_stage.rs).
 
 use std::path::{Path, PathBuf};
@@ -19,27 +19,24 @@ use serde_json::Value;
 use super::cr_error::CrError;
 use super::cr_inputs::BundleConfig;
 
-/// A config written for one restore, removed on drop.
+/// The config of one restore, in memory (ferry builds the container from it: `cr_build`).
 pub struct RestoreBundle {
-    dir: tempfile::TempDir,
+    /// The adjusted config.
+    pub spec: oci_spec::runtime::Spec,
+    /// The bundle's config.json it was made from (for messages).
+    pub source: PathBuf,
     /// Bind sources staged for a mapped root (bind_stage.rs), until the mounts are made.
     staged: Option<super::bind_stage::Staged>,
 }
 
 impl RestoreBundle {
-    /// The directory holding the adjusted config.json.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Detaches the staged bind sources: the container's mounts are made.
     pub fn release_staged(&mut self) {
         self.staged = None;
     }
 }
 
-/// Writes the restore config for `bundle` (its `config`, as read) into a fresh temporary
-/// directory; with `terminal` the init gets a new console (a terminal container restored with
+/// The restore config for `bundle` (its `config`, as read); with `terminal` the init gets a new console (a terminal container restored with
 /// `--console-socket`); with `time` (the images' clocks, a tree in its own time namespace) the
 /// config's time namespace gets the offsets that make its clocks go on from the images'. Bind
 /// sources the mapped root of a user namespace could not reach are staged for container `id`
@@ -66,17 +63,15 @@ pub fn prepare(
         })?;
     }
     let staged = super::bind_stage::stage(root, id, &mut spec)?;
-    let dir = tempfile::Builder::new()
-        .prefix("ferry-restore-")
-        .tempdir()
-        .map_err(CrError::io("create restore config directory", "/tmp"))?;
-    let out = dir.path().join("config.json");
-    let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| CrError::Json {
-        stage: format!("encode {}", out.display()),
+    let spec = serde_json::from_value(spec).map_err(|source| CrError::Json {
+        stage: format!("read the OCI config {}", config.display()),
         source,
     })?;
-    std::fs::write(&out, bytes).map_err(CrError::io("write restore config", &out))?;
-    Ok(RestoreBundle { dir, staged })
+    Ok(RestoreBundle {
+        spec,
+        source: config,
+        staged,
+    })
 }
 
 fn own_capabilities() -> Result<Vec<String>, CrError> {
