@@ -28,7 +28,7 @@ use libcontainer::rootfs::RootFS;
 use libcontainer::syscall::syscall::create_syscall;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{Hook, Hooks, LinuxNamespaceType, Spec};
 
 use super::cr_build::{
     recv, send, MSG_ERROR, MSG_HOOKS, MSG_LIMITED, MSG_MAPPED, MSG_READY, MSG_START,
@@ -160,16 +160,7 @@ fn steps(plan: &InitPlan, chan: &OwnedFd) -> Result<Infallible, String> {
         send(chan, MSG_HOOKS, b"");
         expect(chan, MSG_HOOKS, "the prestart and createRuntime hooks")?;
     }
-    if let Some(hooks) = plan.spec.hooks() {
-        libcontainer::hooks::run_hooks(
-            hooks.create_container().as_ref(),
-            Some(&plan.state),
-            None,
-            None,
-            None,
-        )
-        .map_err(|e| format!("createContainer hooks: {e}"))?;
-    }
+    container_hooks(plan, "createContainer", Hooks::create_container)?;
     enter_root(
         &*syscall,
         has(LinuxNamespaceType::Mount).is_some(),
@@ -203,17 +194,21 @@ fn steps(plan: &InitPlan, chan: &OwnedFd) -> Result<Infallible, String> {
     }
     send(chan, MSG_READY, b"");
     expect(chan, MSG_START, "start")?;
-    if let Some(hooks) = plan.spec.hooks() {
-        libcontainer::hooks::run_hooks(
-            hooks.start_container().as_ref(),
-            Some(&plan.state),
-            None,
-            None,
-            None,
-        )
-        .map_err(|e| format!("startContainer hooks: {e}"))?;
-    }
+    container_hooks(plan, "startContainer", Hooks::start_container)?;
     restore_in_place(&plan.args, chan.as_raw_fd())
+}
+
+/// The config's `name` hooks, run by the init in the container's namespaces.
+fn container_hooks(
+    plan: &InitPlan,
+    name: &str,
+    pick: fn(&Hooks) -> &Option<Vec<Hook>>,
+) -> Result<(), String> {
+    let Some(list) = plan.spec.hooks().as_ref().and_then(|h| pick(h).as_ref()) else {
+        return Ok(());
+    };
+    libcontainer::hooks::run_hooks(Some(list), Some(&plan.state), None, None, None)
+        .map_err(|e| format!("{name} hooks: {e}"))
 }
 
 /// setgroups, setresgid, setresuid to 0 of the fresh user namespace (mapped by ferry by now).

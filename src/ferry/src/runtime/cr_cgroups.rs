@@ -64,46 +64,17 @@ fn cgroup_err(stage: impl Into<String>) -> impl FnOnce(String) -> CrError {
 fn v1_mount_points() -> Result<Vec<(String, PathBuf)>, CrError> {
     let path = Path::new("/proc/self/mountinfo");
     let text = std::fs::read_to_string(path).map_err(CrError::io("read", path))?;
+    let mounts = ferry_engine::mounts::info::parse(std::process::id() as i32, &text)
+        .map_err(|e| CrError::io("parse", path)(std::io::Error::other(e.to_string())))?;
     let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for line in text.lines() {
-        let Some((head, tail)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut t = tail.split(' ');
-        if t.next() != Some("cgroup") {
-            continue;
-        }
-        let (Some(_source), Some(opts)) = (t.next(), t.next()) else {
-            continue;
-        };
-        let Some(point) = head.split(' ').nth(4) else {
-            continue;
-        };
-        for opt in opts.split(',') {
+    for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+        for opt in m.super_opts.split(',') {
             if !out.iter().any(|(c, _)| c == opt) {
-                out.push((opt.to_string(), PathBuf::from(unescape(point))));
+                out.push((opt.to_string(), PathBuf::from(&m.mountpoint)));
             }
         }
     }
     Ok(out)
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where the cgroup2 hierarchy is on a cgroup v2 host (libcgroups' default root).
@@ -272,10 +243,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), "/sys/fs/cgroup/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/trail\04"), r"/trail\04");
+    fn finds_this_hosts_v1_hierarchies() {
+        let points = v1_mount_points().unwrap();
+        let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(" - cgroup ");
+        assert_eq!(!points.is_empty(), v1, "{points:?}");
+        for (c, p) in &points {
+            assert!(p.is_absolute() && !c.is_empty(), "{c} at {p:?}");
+        }
     }
 
     #[test]
