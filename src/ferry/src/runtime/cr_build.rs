@@ -187,7 +187,7 @@ impl Undo {
 }
 
 fn build_err(stage: &str) -> impl Fn(String) -> CrError + '_ {
-    move |message| CrError::Cgroup {
+    move |message| CrError::Build {
         stage: stage.to_string(),
         message,
     }

@@ -73,6 +73,14 @@ pub enum CrError {
         #[source]
         source: Box<LibcontainerError>,
     },
+    /// Building the restored container failed (ferry's side or its init's, in its words).
+    #[error("{stage}: {message}")]
+    Build {
+        /// what ferry was doing
+        stage: String,
+        /// what failed
+        message: String,
+    },
     /// The cgroup manager failed.
     #[error("{stage}: {message}")]
     Cgroup {
