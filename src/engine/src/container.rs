@@ -141,17 +141,20 @@ pub struct NsIds {
     pub user: Option<u32>,
 }
 
+/// The inode of namespace file `path` (`/proc/PID/ns/NAME`), which names the namespace.
+pub(crate) fn ns_inode(path: String, stage: &'static str) -> Result<u64, ContainerError> {
+    std::fs::metadata(&path)
+        .map(|m| m.ino())
+        .map_err(|source| ContainerError::Io {
+            stage,
+            op: "stat",
+            path,
+            source,
+        })
+}
+
 fn own_ns(pid: i32, name: &str) -> Result<bool, ContainerError> {
-    let ino = |p: String| {
-        std::fs::metadata(&p)
-            .map(|m| m.ino())
-            .map_err(|source| ContainerError::Io {
-                stage: "namespaces",
-                op: "stat",
-                path: p,
-                source,
-            })
-    };
+    let ino = |p| ns_inode(p, "namespaces");
     Ok(ino(format!("/proc/{pid}/ns/{name}"))? != ino(format!("/proc/self/ns/{name}"))?)
 }
 

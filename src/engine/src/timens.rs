@@ -7,7 +7,6 @@
 //! on from the checkpoint, on this host or another one.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 
 use ferry_images::{pb, ImageDir};
 
@@ -43,17 +42,7 @@ pub(crate) fn dump_timens(
     dir: &ImageDir,
     ns_id: u32,
 ) -> Result<pb::TimensEntry, ContainerError> {
-    let ino = |n: &str| -> Result<u64, ContainerError> {
-        let p = format!("/proc/{pid}/ns/{n}");
-        std::fs::metadata(&p)
-            .map(|m| m.ino())
-            .map_err(|source| ContainerError::Io {
-                stage: "time namespace",
-                op: "stat",
-                path: p,
-                source,
-            })
-    };
+    let ino = |n: &str| crate::container::ns_inode(format!("/proc/{pid}/ns/{n}"), "time namespace");
     if ino("time")? != ino("time_for_children")? {
         return Err(ContainerError::NotSupported {
             stage: "time namespace",

@@ -67,13 +67,7 @@ pub const F_GETSIG: i32 = 11;
 /// is seized, so ferry may).
 pub fn borrow(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open with integer arguments; returns a new fd or -1.
-    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pfd is a fresh fd we own.
-    let pfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pfd) };
+    let pfd = pidfd::open(pid)?;
     // SAFETY: pidfd_getfd on our pidfd; returns a new fd on the same description or -1.
     let n = unsafe {
         libc::syscall(

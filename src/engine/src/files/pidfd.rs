@@ -23,7 +23,7 @@
 //! hold the tree's namespace pids (as CRIU's parasite, which reads them from inside, does).
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use ferry_images::pb;
 
@@ -109,6 +109,17 @@ impl TreePids {
 }
 
 // ---- dump ----
+
+/// A pidfd of process `pid` (in the caller's pid namespace), no flags.
+pub fn open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// The PIDFD entry of an fd.
 pub fn dump(t: &mut FileTable, fd: &Fd) -> Result<pb::FileEntry, FilesError> {

@@ -430,8 +430,5 @@ fn give_up(init: i32, pidfd: Option<&OwnedFd>, ctl: Option<&Ctl>) {
 }
 
 fn pidfd_of(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a new fd that nobody else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::files::pidfd::open(pid).ok()
 }

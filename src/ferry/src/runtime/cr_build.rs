@@ -19,7 +19,7 @@
 //! (see `cr_build_init` for the init's side). A failure at any step removes what was made:
 //! the init (killed and reaped), its cgroups, the state directory.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::config::YoukiConfig;
@@ -265,8 +265,9 @@ fn leave_child_time_ns(own: &OwnedFd) {
     }
 }
 
-/// A SOCK_SEQPACKET pair: (ferry's end, the init's end).
-fn channel(stage: &str) -> Result<(OwnedFd, OwnedFd), CrError> {
+/// A SOCK_SEQPACKET pair (ferry's end, the init's end) for `stage`: the build channel here, the
+/// engine's status channel in `cr_restore`.
+pub fn channel(stage: &str) -> Result<(OwnedFd, OwnedFd), CrError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     socketpair(
         AddressFamily::Unix,
@@ -275,16 +276,6 @@ fn channel(stage: &str) -> Result<(OwnedFd, OwnedFd), CrError> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| build_err(stage)(format!("socketpair: {e}")))
-}
-
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just created for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Builds the container; its init waits for [`Built::start`]. On error nothing of it is left.
@@ -399,7 +390,8 @@ pub fn build(req: Request) -> Result<Built, CrError> {
     let pid = cloned.map_err(|e| err(format!("clone the init: {e}")))? as i32;
     drop(init_chan);
     drop(console);
-    let pidfd = pidfd_open(pid).map_err(|e| err(format!("pidfd_open {pid}: {e}")))?;
+    let pidfd =
+        ferry_engine::files::pidfd::open(pid).map_err(|e| err(format!("pidfd_open {pid}: {e}")))?;
     let pidfd_copy = pidfd
         .try_clone()
         .map_err(|e| err(format!("dup pidfd: {e}")))?;

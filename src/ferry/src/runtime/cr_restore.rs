@@ -58,18 +58,6 @@ fn open_dir(path: &Path) -> Result<OwnedFd, CrError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The status channel: (ferry's end, the init's end).
-fn status_channel() -> Result<(OwnedFd, OwnedFd), CrError> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| CrError::io("create the status socket pair", "socketpair")(e.into()))
-}
-
 /// SIGKILLs the init through its pidfd and waits (up to 5 s) until it is gone. The cgroup-wide
 /// kill of `delete` misses an init a failed cgroup restore moved out of the container's cgroup.
 pub(super) fn kill_init(pidfd: &OwnedFd) {
@@ -175,7 +163,9 @@ pub fn restore(ctx: &Ctx, opts: &RestoreOpts) -> Result<Restored, CrError> {
     };
     let log_path = paths.work.join("restore.log");
     let log_file = std::fs::File::create(&log_path).map_err(CrError::io("create", &log_path))?;
-    let (status_r, status_w) = status_channel()?;
+    // The engine's status channel: (ferry's end, the init's end).
+    let (status_r, status_w) =
+        super::cr_build::channel(&format!("status channel of the restore of {id}"))?;
     let init = InitArgs {
         images_fd: images_fd.as_raw_fd(),
         log_fd: log_file.as_raw_fd(),
